@@ -1,0 +1,1 @@
+"""dhgq: a Postgres-native media pipeline for recorded talks."""

@@ -1,0 +1,80 @@
+"""The error hierarchy: every failure a stage can have is transient (retried) or permanent.
+
+A stage row stores ``error`` (a readable sentence naming the file and the reason) and
+``error_class``; the class decides whether Procrastinate retries the job or it goes to the
+dead-letter view.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+ErrorClass = Literal["transient", "permanent"]
+
+
+class DhgqError(Exception):
+    """Something went wrong in dhgq."""
+
+    error_class: ErrorClass = "permanent"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        source_id: str | None = None,
+        stage: str | None = None,
+        file: str | None = None,
+    ) -> None:
+        self.message = message or (self.__doc__ or "").strip()
+        self.source_id = source_id
+        self.stage = stage
+        self.file = file
+        super().__init__(self.message)
+
+    def with_context(
+        self, *, source_id: str | None = None, stage: str | None = None, file: str | None = None
+    ) -> DhgqError:
+        """Fill in context that the raising code did not know (it stays if already set)."""
+        self.source_id = self.source_id or source_id
+        self.stage = self.stage or stage
+        self.file = self.file or file
+        return self
+
+    def __str__(self) -> str:
+        where = ", ".join(
+            f"{k}={v}" for k, v in (("source", self.source_id), ("stage", self.stage)) if v
+        )
+        return f"{self.message} [{where}]" if where else self.message
+
+
+class TransientError(DhgqError):
+    """A temporary failure (network, timeout, rate limit, GPU service unavailable); retried."""
+
+    error_class: ErrorClass = "transient"
+
+
+class PermanentError(DhgqError):
+    """A failure that retrying cannot fix (bad input, missing file, refused request)."""
+
+    error_class: ErrorClass = "permanent"
+
+
+class ConfigurationError(PermanentError):
+    """dhgq is not configured for what was asked."""
+
+
+class DatabaseUnavailable(TransientError):
+    """The database cannot be reached."""
+
+
+class StageTimeout(TransientError):
+    """A stage ran past its time limit and was stopped."""
+
+
+def classify(exc: BaseException) -> ErrorClass:
+    """The error class of any exception: dhgq's own say so; unknown ones count as transient."""
+    if isinstance(exc, DhgqError):
+        return exc.error_class
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError, ValueError)):
+        return "permanent"
+    return "transient"

@@ -1,0 +1,85 @@
+"""The dataclasses the stage functions exchange. They are JSON-friendly (``asdict``) because the
+pipeline stores them in ``result`` columns and the GPU backend ships them over the wire."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ProbeInfo:
+    duration_seconds: float
+    format_name: str
+    audio_codec: str | None
+    video_codec: str | None
+    channels: int | None
+    sample_rate: int | None
+    bitrate: int | None
+    size_bytes: int
+
+
+@dataclass
+class ExtractionResult:
+    """The extracted audio: a 16 kHz mono WAV for the models plus a compact copy to keep."""
+
+    wav_path: str
+    compact_path: str | None
+    probe: ProbeInfo
+    quality_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Word:
+    start: float
+    end: float
+    text: str
+    probability: float | None = None
+    speaker: str | None = None
+
+
+@dataclass
+class Segment:
+    start: float
+    end: float
+    text: str
+    confidence: float | None = None
+    words: list[Word] = field(default_factory=list)
+    speaker: str | None = None
+
+
+@dataclass
+class Transcript:
+    text: str
+    language: str | None
+    segments: list[Segment]
+    model: str
+    engine: str
+    duration_seconds: float | None = None
+
+
+@dataclass
+class SpeakerTurn:
+    start: float
+    end: float
+    speaker: str
+
+
+@dataclass
+class Diarization:
+    """Speaker turns (overlapping where two people talk) and one mean embedding per speaker."""
+
+    turns: list[SpeakerTurn]
+    speakers: list[str]
+    embeddings: dict[str, list[float]] = field(default_factory=dict)
+    engine: str = "local"
+
+
+@dataclass
+class Summary:
+    summary: str
+    key_points: list[str]
+    topics: list[str]
+    document_type: str
+    method: str  # "claude" or "extractive"
+    details: dict[str, Any] = field(default_factory=dict)
