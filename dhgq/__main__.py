@@ -1,0 +1,3 @@
+from dhgq.cli import main
+
+main()

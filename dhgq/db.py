@@ -1,0 +1,67 @@
+"""Connections: which database to use, how to reach it, and one place that turns psycopg's
+errors into dhgq's (a one-line message naming the host, never a traceback with a DSN)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from dhgq.embedded import EmbeddedServer
+from dhgq.errors import DatabaseUnavailable
+from dhgq.settings import Settings
+
+
+def database_url(settings: Settings, *, start: bool = True) -> str:
+    """The configured database, or the embedded server's (started here when needed)."""
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    server = EmbeddedServer(settings.home)
+    info = server.start() if start else server.status()
+    if info is None:
+        raise DatabaseUnavailable("the embedded PostgreSQL server is not running (dhgq db start)")
+    return info.url()
+
+
+def describe_host(url: str) -> str:
+    """host:port/dbname of a connection string, for messages."""
+    try:
+        parts = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "an unparseable DHGQ_DATABASE_URL"
+    return f"{parts.get('host', 'localhost')}:{parts.get('port', '5432')}/{parts.get('dbname', '')}"
+
+
+def mask_url(url: str) -> str:
+    """The connection string with its password replaced, safe to print and log."""
+    try:
+        parts = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<invalid database url>"
+    if parts.get("password"):
+        parts["password"] = "***"
+    if url.startswith(("postgresql://", "postgres://")):
+        user = parts.get("user", "")
+        auth = f"{user}:***@" if "password" in parts else (f"{user}@" if user else "")
+        return f"postgresql://{auth}{describe_host(url)}"
+    return make_conninfo(**parts)
+
+
+def connect(url: str, *, autocommit: bool = False, timeout: float = 10.0) -> psycopg.Connection:
+    """A connection, or DatabaseUnavailable with a one-line reason naming the host."""
+    try:
+        return psycopg.connect(url, autocommit=autocommit, connect_timeout=int(max(1, timeout)))
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise DatabaseUnavailable(f"cannot connect to the database at {describe_host(url)}: {reason}") from None
+
+
+@contextmanager
+def connection(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
+    conn = connect(url, autocommit=autocommit)
+    try:
+        yield conn
+    finally:
+        conn.close()

@@ -1,0 +1,101 @@
+"""Clustering of (window, local speaker) embeddings, as in pyannote's speaker-diarization pipeline:
+centroid-linkage agglomerative clustering on unit-length embeddings, small clusters folded into
+the nearest large one, then every local speaker of every window assigned to a cluster with the
+constraint that two local speakers of one window never share a cluster."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial.distance import cdist
+
+UNASSIGNED = -2
+
+
+def _unit(embeddings: np.ndarray) -> np.ndarray:
+    return embeddings / np.maximum(np.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12)
+
+
+def _fold_small(embeddings: np.ndarray, clusters: np.ndarray, min_size: int) -> np.ndarray:
+    """Merge each cluster smaller than ``min_size`` into the closest large one (by centroid)."""
+    labels, counts = np.unique(clusters, return_counts=True)
+    large, small = labels[counts >= min_size], labels[counts < min_size]
+    if len(large) == 0:
+        return np.zeros_like(clusters)
+    if len(small):
+        large_centroids = np.stack([embeddings[clusters == k].mean(axis=0) for k in large])
+        small_centroids = np.stack([embeddings[clusters == k].mean(axis=0) for k in small])
+        nearest = cdist(small_centroids, large_centroids, metric="cosine").argmin(axis=1)
+        for k, target in zip(small, nearest, strict=True):
+            clusters[clusters == k] = large[target]
+    return np.unique(clusters, return_inverse=True)[1]
+
+
+def _num_large(clusters: np.ndarray, min_size: int) -> int:
+    return int(np.sum(np.unique(clusters, return_counts=True)[1] >= min_size))
+
+
+def cluster_embeddings(
+    embeddings: np.ndarray,
+    *,
+    threshold: float,
+    min_cluster_size: int,
+    num_clusters: int | None = None,
+    min_clusters: int = 1,
+    max_clusters: int | None = None,
+) -> np.ndarray:
+    """Cluster label (0..k-1) of each embedding; the count is found by the threshold unless bounded."""
+    count = len(embeddings)
+    if count < 2:
+        return np.zeros(count, dtype=int)
+    unit = _unit(embeddings)
+    min_size = min(min_cluster_size, max(1, round(0.1 * count)))
+    tree = linkage(unit, method="centroid", metric="euclidean")
+    clusters = fcluster(tree, threshold, criterion="distance") - 1
+    found = _num_large(clusters, min_size)
+    upper = max_clusters or count
+    wanted = num_clusters or (min_clusters if found < min_clusters else upper if found > upper else None)
+    if wanted is not None and wanted != found:
+        clusters = _cut_for(tree, wanted, min_size, threshold)
+    return _fold_small(unit, clusters, min_size)
+
+
+def _cut_for(tree: np.ndarray, wanted: int, min_size: int, threshold: float) -> np.ndarray:
+    """The dendrogram cut closest to ``threshold`` that gives ``wanted`` large clusters (or nearest)."""
+    best, best_gap = None, None
+    for height in sorted(np.unique(tree[:, 2]), key=lambda h: abs(h - threshold)):
+        clusters = fcluster(tree, height, criterion="distance") - 1
+        gap = abs(_num_large(clusters, min_size) - wanted)
+        if best_gap is None or gap < best_gap:
+            best, best_gap = clusters, gap
+        if gap == 0:
+            break
+    if best_gap:  # even the fine cuts lack large clusters: cut by count instead
+        best = fcluster(tree, wanted, criterion="maxclust") - 1
+    return best
+
+
+def centroids_of(embeddings: np.ndarray, clusters: np.ndarray) -> np.ndarray:
+    unit = _unit(embeddings)
+    return np.stack([unit[clusters == k].mean(axis=0) for k in range(int(clusters.max()) + 1)])
+
+
+def assign_local_speakers(
+    embeddings: np.ndarray, active: np.ndarray, centroids: np.ndarray
+) -> np.ndarray:
+    """(windows, local speakers) cluster index, one cluster per local speaker within a window.
+
+    ``embeddings`` is (windows, local speakers, dim) with NaN rows where none was computed;
+    ``active`` tells which local speakers speak at all in each window.
+    """
+    windows, speakers, _ = embeddings.shape
+    similarity = 1.0 - cdist(_unit(np.nan_to_num(embeddings.reshape(windows * speakers, -1))),
+                             centroids, metric="cosine")
+    similarity = similarity.reshape(windows, speakers, -1)
+    hard = np.full((windows, speakers), UNASSIGNED, dtype=int)
+    for w in range(windows):
+        rows, cols = linear_sum_assignment(similarity[w], maximize=True)
+        hard[w, rows] = cols
+    hard[~active] = UNASSIGNED
+    return hard

@@ -1,0 +1,269 @@
+"""Summaries of transcripts: Claude (map-reduce within the context window) or, without an API
+key, the offline extractive summary of ``dhgq.media.extractive``.
+
+Retries belong to the queue alone: the SDK is built with ``max_retries=0`` and every API failure
+is translated into a ``TransientError`` (retried by the queue) or a ``PermanentError``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from functools import lru_cache
+from importlib.resources import files
+from typing import Any
+
+import anthropic
+
+from dhgq.errors import PermanentError, TransientError
+from dhgq.media.extractive import no_speech_summary, summarize_extractive
+from dhgq.media.types import Summary, Transcript
+
+DOCUMENT_TYPES = ("presentation", "interview", "panel", "lecture", "meeting", "other")
+DEFAULT_MAX_INPUT_TOKENS = 150_000
+MAX_OUTPUT_TOKENS = 2048
+REQUEST_TIMEOUT_S = 300.0
+CHARS_PER_TOKEN = 4  # a conservative estimate for English text
+
+# USD per million (input, output) tokens, by model family; the first matching prefix wins.
+PRICES_PER_MTOK: tuple[tuple[str, float, float], ...] = (
+    ("claude-opus-4-5", 5.0, 25.0),
+    ("claude-opus-4-6", 5.0, 25.0),
+    ("claude-opus", 15.0, 75.0),
+    ("claude-3-opus", 15.0, 75.0),
+    ("claude-sonnet", 3.0, 15.0),
+    ("claude-3-7-sonnet", 3.0, 15.0),
+    ("claude-3-5-sonnet", 3.0, 15.0),
+    ("claude-haiku-4", 1.0, 5.0),
+    ("claude-3-5-haiku", 0.8, 4.0),
+    ("claude-3-haiku", 0.25, 1.25),
+)
+
+TRANSIENT_STATUSES = frozenset({408, 409, 429})
+
+
+def summarize(
+    transcript: Transcript,
+    *,
+    api_key: str | None,
+    model: str,
+    base_url: str | None = None,
+    max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS,
+) -> Summary:
+    """Summarise with Claude when a key is given, else extractively offline."""
+    if not transcript_lines(transcript):
+        return no_speech_summary("claude" if api_key else "extractive")
+    if not api_key:
+        return summarize_extractive(transcript)
+    return ClaudeSummarizer(client(api_key, base_url), model, max_input_tokens).run(transcript)
+
+
+@lru_cache(maxsize=8)
+def client(api_key: str, base_url: str | None) -> anthropic.Anthropic:
+    """One SDK client per (key, base URL), reused across summaries; the SDK never retries."""
+    return anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=0, timeout=REQUEST_TIMEOUT_S)
+
+
+@lru_cache(maxsize=1)
+def prompt_sections() -> dict[str, str]:
+    """The sections of ``prompts/summarize.md``, keyed by the name in ``<!-- section: NAME -->``."""
+    text = files("dhgq").joinpath("prompts/summarize.md").read_text(encoding="utf-8")
+    parts = re.split(r"<!--\s*section:\s*(\w+)\s*-->", text)
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def estimate_tokens(text: str) -> int:
+    return len(text) // CHARS_PER_TOKEN + 1
+
+
+def speaker_prefix(speaker: str | None) -> str:
+    return f"{speaker}: " if speaker else ""
+
+
+def transcript_lines(transcript: Transcript) -> list[str]:
+    """One line per segment (``SPEAKER_1: text``); the whole text when there are no segments."""
+    lines = [f"{speaker_prefix(s.speaker)}{s.text.strip()}" for s in transcript.segments if s.text.strip()]
+    if not lines and transcript.text.strip():
+        lines = [transcript.text.strip()]
+    return lines
+
+
+def split_long_line(line: str, budget: int) -> list[str]:
+    """Cut a line longer than ``budget`` tokens at word boundaries."""
+    pieces: list[str] = []
+    current: list[str] = []
+    for word in line.split():
+        if current and estimate_tokens(" ".join([*current, word])) > budget:
+            pieces.append(" ".join(current))
+            current = []
+        current.append(word)
+    if current:
+        pieces.append(" ".join(current))
+    return pieces
+
+
+def chunk_lines(lines: list[str], budget: int) -> list[str]:
+    """Consecutive lines packed into chunks of at most ``budget`` estimated tokens."""
+    chunks: list[str] = []
+    current: list[str] = []
+    used = 0
+    for piece in (piece for line in lines for piece in split_long_line(line, budget)):
+        cost = estimate_tokens(piece)
+        if current and used + cost > budget:
+            chunks.append("\n".join(current))
+            current, used = [], 0
+        current.append(piece)
+        used += cost
+    if current:
+        chunks.append("\n".join(current))
+    return chunks
+
+
+def price(model: str, input_tokens: int, output_tokens: int) -> float | None:
+    """Estimated cost in USD, or None for a model family not in the table."""
+    for prefix, input_price, output_price in PRICES_PER_MTOK:
+        if model.startswith(prefix):
+            return round((input_tokens * input_price + output_tokens * output_price) / 1e6, 6)
+    return None
+
+
+def api_error_message(exc: anthropic.APIStatusError) -> str:
+    """The API's own error message, from the body when it has one."""
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+    return exc.message
+
+
+def translate_error(exc: anthropic.AnthropicError) -> TransientError | PermanentError:
+    """Rate limits, overload, server errors and network failures are transient; the rest is not."""
+    if isinstance(exc, anthropic.APIStatusError):
+        status = exc.status_code
+        message = f"Anthropic API returned {status}: {api_error_message(exc)}"
+        if status in TRANSIENT_STATUSES or status >= 500:
+            retry_after = exc.response.headers.get("retry-after")
+            return TransientError(f"{message} (retry after {retry_after}s)" if retry_after else message)
+        return PermanentError(message)
+    if isinstance(exc, anthropic.APITimeoutError):
+        return TransientError("Anthropic API request timed out")
+    if isinstance(exc, anthropic.APIConnectionError):
+        return TransientError(f"Cannot reach the Anthropic API: {exc}")
+    return PermanentError(f"Anthropic API call failed: {exc}")
+
+
+def strip_code_fences(text: str) -> str:
+    match = re.search(r"```(?:json)?\s*(.*?)\s*```", text, re.DOTALL)
+    return match.group(1) if match else text.strip()
+
+
+def parse_summary_json(text: str) -> dict[str, Any]:
+    """The model's JSON object, fences stripped; PermanentError if it is not one."""
+    candidate = strip_code_fences(text)
+    start, end = candidate.find("{"), candidate.rfind("}")
+    try:
+        data = json.loads(candidate[start : end + 1] if start >= 0 and end > start else candidate)
+    except json.JSONDecodeError as exc:
+        raise PermanentError(f"The model's answer is not valid JSON ({exc.msg}): {text[:200]!r}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("summary"), str):
+        raise PermanentError(f"The model's JSON has no 'summary' string: {text[:200]!r}")
+    return data
+
+
+def string_list(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        return []
+    return [str(item).strip() for item in value if str(item).strip()]
+
+
+def normalise(data: dict[str, Any]) -> dict[str, Any]:
+    """The four fields with the right types; an unknown document type becomes "other"."""
+    document_type = str(data.get("document_type", "other")).strip().lower()
+    return {
+        "summary": data["summary"].strip(),
+        "key_points": string_list(data.get("key_points")),
+        "topics": string_list(data.get("topics")),
+        "document_type": document_type if document_type in DOCUMENT_TYPES else "other",
+    }
+
+
+class ClaudeSummarizer:
+    """One summary's calls to Claude, with the usage they add up to."""
+
+    def __init__(self, sdk: anthropic.Anthropic, model: str, max_input_tokens: int) -> None:
+        self.sdk = sdk
+        self.model = model
+        self.max_input_tokens = max_input_tokens
+        self.prompts = prompt_sections()
+        self.usage = {"input_tokens": 0, "output_tokens": 0, "calls": 0, "latency_s": 0.0}
+        self.response_model = model
+
+    @property
+    def budget(self) -> int:
+        """Tokens left for transcript text once the instructions and the answer are counted."""
+        overhead = estimate_tokens(self.prompts["system"] + self.prompts["chunk"]) + MAX_OUTPUT_TOKENS
+        return max(self.max_input_tokens - overhead, 256)
+
+    def run(self, transcript: Transcript) -> Summary:
+        chunks = chunk_lines(transcript_lines(transcript), self.budget)
+        if len(chunks) == 1:
+            result = self.ask(self.prompts["single"].format(transcript=chunks[0]))
+        else:
+            parts = [
+                self.ask(self.prompts["chunk"].format(part=i, parts=len(chunks), transcript=chunk))
+                for i, chunk in enumerate(chunks, start=1)
+            ]
+            result = self.reduce(parts)
+        return Summary(**result, method="claude", details=self.details(len(chunks)))
+
+    def reduce(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        """Combine partial summaries, in groups that fit the budget when there are many."""
+        if len(parts) == 1:
+            return parts[0]
+        groups: list[list[dict[str, Any]]] = [[]]
+        for part in parts:
+            if len(groups[-1]) >= 2 and estimate_tokens(json.dumps(groups[-1] + [part])) > self.budget:
+                groups.append([])
+            groups[-1].append(part)
+        combined = [self.combine(group) if len(group) > 1 else group[0] for group in groups]
+        return combined[0] if len(combined) == 1 else self.reduce(combined)
+
+    def combine(self, group: list[dict[str, Any]]) -> dict[str, Any]:
+        summaries = "\n".join(json.dumps(part, ensure_ascii=False) for part in group)
+        return self.ask(self.prompts["reduce"].format(parts=len(group), summaries=summaries))
+
+    def ask(self, user_prompt: str) -> dict[str, Any]:
+        """One Messages API call, answered with the normalised JSON summary."""
+        started = time.monotonic()
+        try:
+            message = self.sdk.messages.create(
+                model=self.model,
+                max_tokens=MAX_OUTPUT_TOKENS,
+                system=self.prompts["system"],
+                messages=[{"role": "user", "content": user_prompt}],
+            )
+        except anthropic.AnthropicError as exc:
+            raise translate_error(exc) from exc
+        finally:
+            self.usage["latency_s"] += time.monotonic() - started
+        self.usage["calls"] += 1
+        self.usage["input_tokens"] += message.usage.input_tokens
+        self.usage["output_tokens"] += message.usage.output_tokens
+        self.response_model = message.model or self.model
+        text = "".join(block.text for block in message.content if block.type == "text")
+        return normalise(parse_summary_json(text))
+
+    def details(self, chunks: int) -> dict[str, Any]:
+        input_tokens, output_tokens = int(self.usage["input_tokens"]), int(self.usage["output_tokens"])
+        return {
+            "method": "claude",
+            "model": self.response_model,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "latency_s": round(float(self.usage["latency_s"]), 3),
+            "cost_estimate_usd": price(self.response_model, input_tokens, output_tokens),
+            "calls": int(self.usage["calls"]),
+            "chunks": chunks,
+        }

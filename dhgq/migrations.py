@@ -1,0 +1,102 @@
+"""Apply ``supabase/migrations/*.sql`` in order, each in its own transaction.
+
+Applied versions are recorded in ``supabase_migrations.schema_migrations``, the table the Supabase
+CLI itself uses, so ``supabase db push`` and ``dhgq db migrate`` agree on what has been applied.
+A session advisory lock serialises concurrent runs: the second waits, then finds nothing to do.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from dhgq.db import connect
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "supabase" / "migrations"
+LOCK_KEY = 0x64686771  # "dhgq"
+FILENAME = re.compile(r"^(?P<version>\d{14})_(?P<name>[a-z0-9_]+)\.sql$")
+
+_HISTORY_DDL = """
+CREATE SCHEMA IF NOT EXISTS supabase_migrations;
+CREATE TABLE IF NOT EXISTS supabase_migrations.schema_migrations (
+    version text NOT NULL PRIMARY KEY,
+    statements text[],
+    name text
+);
+"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    name: str
+    path: Path
+
+    @property
+    def sql(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+
+def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """The migration files, in version order; anything not named like Supabase's CLI is an error."""
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        match = FILENAME.match(path.name)
+        if not match:
+            raise ValueError(f"migration file {path.name} is not named <14-digit timestamp>_<name>.sql")
+        found.append(Migration(match["version"], match["name"], path))
+    return found
+
+
+def applied_versions(conn: psycopg.Connection) -> set[str]:
+    exists = conn.execute("SELECT to_regclass('supabase_migrations.schema_migrations')").fetchone()
+    if not exists or exists[0] is None:
+        return set()
+    return {row[0] for row in conn.execute("SELECT version FROM supabase_migrations.schema_migrations")}
+
+
+def pending(url: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    with connect(url, autocommit=True) as conn:
+        done = applied_versions(conn)
+    return [m for m in discover(directory) if m.version not in done]
+
+
+def migrate(url: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """Apply what is pending; returns the migrations applied by this call (none when up to date)."""
+    applied: list[Migration] = []
+    with connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        try:
+            conn.execute(_HISTORY_DDL)
+            done = applied_versions(conn)
+            for migration in discover(directory):
+                if migration.version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(migration.sql)
+                    conn.execute(
+                        "INSERT INTO supabase_migrations.schema_migrations (version, name, statements)"
+                        " VALUES (%s, %s, ARRAY[%s])",
+                        (migration.version, migration.name, migration.sql),
+                    )
+                applied.append(migration)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+    return applied
+
+
+def procrastinate_behind(url: str) -> list[str]:
+    """Procrastinate migrations shipped by the installed package but newer than the schema's level."""
+    import procrastinate
+
+    shipped = Path(procrastinate.__file__).parent / "sql" / "migrations"
+    with connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT schema_level FROM public.dhgq_components WHERE component = 'procrastinate'"
+        ).fetchone()
+    if row is None:
+        return []
+    return sorted(p.stem for p in shipped.glob("*.sql") if p.stem > row[0])
