@@ -120,7 +120,8 @@ class EmbeddedServer:
             user = _service_user()
             if not (self.data_dir / "PG_VERSION").exists():
                 self._initdb(user)
-            port = _free_port()
+            previous = (self._read_state() or {}).get("port")
+            port = previous if previous and not _port_open(previous) else _free_port()
             self._run(
                 [str(self.bin_dir / "pg_ctl"), "start", "-D", str(self.data_dir), "-l", str(self.log_file),
                  "-w", "-t", str(int(timeout)),

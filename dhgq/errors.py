@@ -31,6 +31,10 @@ class DhgqError(Exception):
         self.file = file
         super().__init__(self.message)
 
+    def __reduce__(self) -> tuple:
+        # Keep the context when the error crosses a process boundary (the model host's pipe).
+        return (_rebuild, (type(self), self.message, self.source_id, self.stage, self.file))
+
     def with_context(
         self, *, source_id: str | None = None, stage: str | None = None, file: str | None = None
     ) -> DhgqError:
@@ -45,6 +49,11 @@ class DhgqError(Exception):
             f"{k}={v}" for k, v in (("source", self.source_id), ("stage", self.stage)) if v
         )
         return f"{self.message} [{where}]" if where else self.message
+
+
+def _rebuild(cls: type[DhgqError], message: str, source_id: str | None, stage: str | None,
+             file: str | None) -> DhgqError:
+    return cls(message, source_id=source_id, stage=stage, file=file)
 
 
 class TransientError(DhgqError):

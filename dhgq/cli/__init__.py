@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from dhgq.cli import db
+from dhgq.cli.worker import worker
 from dhgq.cli.common import fail
 from dhgq.errors import DhgqError
 from dhgq.settings import Settings
@@ -16,6 +17,7 @@ app = typer.Typer(
     help="Turn recorded talks into searchable, speaker-labelled transcripts and summaries.",
 )
 app.add_typer(db.app, name="db")
+app.command()(worker)
 
 
 @app.callback()

@@ -1,0 +1,114 @@
+"""Heavy work in processes that can be stopped: a long-lived child per slot keeps models loaded.
+
+Procrastinate runs sync tasks in threads, and a thread cannot be killed, so a model call that runs
+past its stage timeout would hold a slot forever. Here each call goes to a child process; the
+child keeps whatever models it loaded (``lru_cache`` in the engines) across jobs, and a call that
+times out kills the child, which is started afresh on the next call.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import multiprocessing
+import queue
+import threading
+from multiprocessing.connection import Connection
+from typing import Any
+
+from dhgq.errors import StageTimeout, TransientError
+
+logger = logging.getLogger(__name__)
+_SPAWN = multiprocessing.get_context("spawn")
+
+
+def _resolve(target: str) -> Any:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _child_main(conn: Connection) -> None:
+    """The child's loop: call what it is asked, send back the value or the exception."""
+    while True:
+        try:
+            target, kwargs = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        try:
+            conn.send((True, _resolve(target)(**kwargs)))
+        except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
+            try:
+                conn.send((False, exc))
+            except Exception:  # an exception that does not pickle
+                conn.send((False, TransientError(f"{type(exc).__name__}: {exc}")))
+
+
+class ModelHost:
+    """One child process and the pipe to it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+
+    def _ensure_started(self) -> Connection:
+        if self._process is None or not self._process.is_alive() or self._conn is None:
+            parent, child = _SPAWN.Pipe()
+            self._process = _SPAWN.Process(target=_child_main, args=(child,), name=self.name, daemon=True)
+            self._process.start()
+            child.close()
+            self._conn = parent
+        return self._conn
+
+    def call(self, target: str, timeout: float, **kwargs: Any) -> Any:
+        """Run ``module:function(**kwargs)`` in the child; StageTimeout after ``timeout`` seconds."""
+        conn = self._ensure_started()
+        conn.send((target, kwargs))
+        if not conn.poll(timeout):
+            self.kill()
+            raise StageTimeout(f"{target.rsplit(':', 1)[-1]} ran past its {timeout:.0f} s limit and was stopped")
+        try:
+            ok, value = conn.recv()
+        except EOFError:
+            self.kill()
+            raise TransientError(f"the model process died while running {target}") from None
+        if ok:
+            return value
+        raise value
+
+    def kill(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            self._process.kill()
+            self._process.join(5)
+        if self._conn is not None:
+            self._conn.close()
+        self._process, self._conn = None, None
+
+
+class ModelPool:
+    """A fixed number of model hosts for one stage, one per concurrent job."""
+
+    def __init__(self, name: str, size: int) -> None:
+        self._idle: queue.Queue[ModelHost] = queue.Queue()
+        self._all = [ModelHost(f"dhgq-{name}-{i}") for i in range(size)]
+        for host in self._all:
+            self._idle.put(host)
+        self._lock = threading.Lock()
+
+    def call(self, target: str, timeout: float, **kwargs: Any) -> Any:
+        host = self._idle.get()
+        try:
+            return host.call(target, timeout, **kwargs)
+        finally:
+            self._idle.put(host)
+
+    def warm(self, target: str, timeout: float = 600.0, **kwargs: Any) -> None:
+        """Load models in one host ahead of the first job (numba and model loading take a while)."""
+        try:
+            self.call(target, timeout, **kwargs)
+        except Exception as exc:  # warming is best effort; the job will report a real failure
+            logger.warning("warm-up of %s failed: %s", target, exc)
+
+    def close(self) -> None:
+        for host in self._all:
+            host.kill()

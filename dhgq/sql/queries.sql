@@ -1,0 +1,125 @@
+-- Runtime queries, one per "-- name:" header, loaded once by dhgq/queries.py.
+-- Schema changes never live here: they are migrations in supabase/migrations.
+
+-- name: begin_stage
+-- Claim a queued stage for this job; no row back means the job is stale or was cancelled.
+UPDATE audio_processing_stages
+   SET status = 'processing', started_at = now(), completed_at = NULL, attempts = %(attempt)s,
+       progress = 0, error = NULL, error_class = NULL
+ WHERE source_id = %(source_id)s AND stage = %(stage)s AND job_id = %(job_id)s
+   AND status IN ('queued', 'processing')
+RETURNING id;
+
+-- name: stage_row
+SELECT status, job_id, attempts, result FROM audio_processing_stages
+ WHERE source_id = %(source_id)s AND stage = %(stage)s;
+
+-- name: lock_stages
+-- Lock a source's stage rows in a fixed order, so concurrent completions serialise without deadlock.
+SELECT stage, status, job_id, result FROM audio_processing_stages
+ WHERE source_id = %(source_id)s AND stage = ANY(%(stages)s)
+ ORDER BY stage
+   FOR UPDATE;
+
+-- name: complete_stage
+UPDATE audio_processing_stages
+   SET status = 'completed', completed_at = now(), progress = 100, result = %(result)s,
+       error = NULL, error_class = NULL
+ WHERE source_id = %(source_id)s AND stage = %(stage)s AND job_id = %(job_id)s;
+
+-- name: fail_stage
+-- A failure: back to 'queued' while Procrastinate will retry it, 'failed' when it will not.
+UPDATE audio_processing_stages
+   SET status = CASE WHEN %(will_retry)s THEN 'queued' ELSE 'failed' END,
+       completed_at = CASE WHEN %(will_retry)s THEN NULL ELSE now() END,
+       error = %(error)s, error_class = %(error_class)s
+ WHERE source_id = %(source_id)s AND stage = %(stage)s AND job_id = %(job_id)s
+   AND status = 'processing';
+
+-- name: set_progress
+UPDATE audio_processing_stages SET progress = %(progress)s
+ WHERE source_id = %(source_id)s AND stage = %(stage)s AND job_id = %(job_id)s AND status = 'processing';
+
+-- name: enqueue_stage
+SELECT dhgq_enqueue_stage_v1(%(source_id)s, %(stage)s);
+
+-- name: start_pipeline
+SELECT dhgq_start_pipeline_v1(%(source_id)s);
+
+-- name: retry_source
+SELECT dhgq_retry_source_v1(%(source_id)s);
+
+-- name: cancel_source
+SELECT dhgq_cancel_source_v1(%(source_id)s);
+
+-- name: source
+SELECT id, name, path, mime_type, audio_extraction_path, audio_duration_seconds
+  FROM sources_google WHERE id = %(source_id)s;
+
+-- name: save_extraction
+UPDATE sources_google
+   SET audio_extracted = true, audio_extraction_path = %(wav_path)s,
+       audio_duration_seconds = %(duration)s, audio_channels = %(channels)s,
+       audio_bitrate = %(bitrate)s, audio_quality_metrics = %(metrics)s
+ WHERE id = %(source_id)s;
+
+-- name: upsert_document
+INSERT INTO expert_documents (source_id, content_type, raw_content, processed_content, processing_status,
+                              word_count, language, whisper_model_used, ai_processing_details)
+VALUES (%(source_id)s, %(content_type)s, %(raw_content)s, %(processed_content)s, 'completed',
+        %(word_count)s, %(language)s, %(whisper_model_used)s, %(ai_processing_details)s)
+ON CONFLICT (source_id, content_type) DO UPDATE
+   SET raw_content = EXCLUDED.raw_content, processed_content = EXCLUDED.processed_content,
+       processing_status = 'completed', word_count = EXCLUDED.word_count, language = EXCLUDED.language,
+       whisper_model_used = EXCLUDED.whisper_model_used,
+       ai_processing_details = EXCLUDED.ai_processing_details
+RETURNING id;
+
+-- name: document
+SELECT id, raw_content, processed_content, language, whisper_model_used
+  FROM expert_documents WHERE source_id = %(source_id)s AND content_type = %(content_type)s;
+
+-- name: update_document_content
+UPDATE expert_documents SET processed_content = %(processed_content)s WHERE id = %(document_id)s;
+
+-- name: delete_segments
+DELETE FROM audio_segments WHERE expert_document_id = %(document_id)s;
+
+-- name: insert_segment
+INSERT INTO audio_segments (expert_document_id, start_time, end_time, text, speaker_id, confidence, metadata)
+VALUES (%(document_id)s, %(start)s, %(end)s, %(text)s, %(speaker_id)s, %(confidence)s, %(metadata)s);
+
+-- name: delete_speakers
+DELETE FROM speaker_profiles WHERE source_id = %(source_id)s;
+
+-- name: insert_speaker
+INSERT INTO speaker_profiles (source_id, label, embedding, embedding_model, total_speaking_seconds,
+                              segment_count, metadata)
+VALUES (%(source_id)s, %(label)s, %(embedding)s, %(embedding_model)s, %(seconds)s, %(segments)s, %(metadata)s)
+RETURNING id;
+
+-- name: speakers
+SELECT id, label FROM speaker_profiles WHERE source_id = %(source_id)s;
+
+-- name: update_speaker_totals
+UPDATE speaker_profiles SET total_speaking_seconds = %(seconds)s, segment_count = %(segments)s
+ WHERE id = %(speaker_id)s;
+
+-- name: insert_source
+-- Any client starts work this way: the INSERT's trigger queues extraction in the same transaction.
+INSERT INTO sources_google (name, path, mime_type, size, content_hash, metadata, batch_id)
+VALUES (%(name)s, %(path)s, %(mime_type)s, %(size)s, %(content_hash)s, %(metadata)s, %(batch_id)s)
+RETURNING id;
+
+-- name: source_by_hash
+SELECT id FROM sources_google WHERE content_hash = %(content_hash)s AND NOT is_deleted LIMIT 1;
+
+-- name: notify_workers
+-- Wake idle workers now (Procrastinate's own channel) instead of at their next poll.
+SELECT pg_notify('procrastinate_queue_v1#' || %(queue)s, json_build_object('type', 'job_inserted', 'job_id', %(job_id)s)::text),
+       pg_notify('procrastinate_any_queue_v1', json_build_object('type', 'job_inserted', 'job_id', %(job_id)s)::text);
+
+-- name: ready_jobs
+SELECT count(*) FROM procrastinate_jobs
+ WHERE queue_name = ANY(%(queues)s)
+   AND (status = 'doing' OR (status = 'todo' AND (scheduled_at IS NULL OR scheduled_at <= now())));

@@ -1,0 +1,17 @@
+"""One module per stage: queue plumbing that calls the pure stage functions of ``dhgq.media``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from procrastinate import JobContext
+
+from dhgq.pipeline import Resources, StageJob
+from dhgq.settings import Stage
+
+
+def job_of(context: JobContext, stage: Stage, source_id: str) -> tuple[Resources, StageJob]:
+    """The worker's shared resources and this job's identity, from Procrastinate's context."""
+    assert context.job is not None and context.job.id is not None
+    resources: Any = context.additional_context["dhgq"]
+    return resources, StageJob(stage, source_id, context.job.id, context.job.attempts + 1)

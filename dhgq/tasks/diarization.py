@@ -1,0 +1,48 @@
+"""Diarization: who spoke when (local CPU diarizer or pyannote on Modal), then the fan-in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from procrastinate import JobContext
+from psycopg.types.json import Jsonb
+
+from dhgq.app import app, retry_strategy
+from dhgq.errors import PermanentError
+from dhgq.media.serialize import diarization_to_dict
+from dhgq.media.types import Diarization
+from dhgq.pipeline import Resources, Source, StageJob, StageSpec, report_progress, run_stage
+from dhgq.queries import query
+from dhgq.tasks import job_of
+from dhgq.tasks.fanin import after_transcription_or_diarization
+
+
+def work(resources: Resources, source: Source, job: StageJob) -> tuple[Diarization, dict[str, Any]]:
+    if not source.wav_path:
+        raise PermanentError("no extracted audio: extraction has not completed", file=source.path)
+    report_progress(resources, job, 5)
+    return resources.host("diarization").call(
+        "dhgq.engines:diarize", resources.settings.stage_timeout(source.duration), wav_path=source.wav_path)
+
+
+def save(conn: psycopg.Connection, source: Source, output: tuple[Diarization, dict[str, Any]]) -> dict[str, Any]:
+    diarization, run = output
+    conn.execute(query("delete_speakers"), {"source_id": source.id})
+    for label in diarization.speakers:
+        seconds = sum(t.end - t.start for t in diarization.turns if t.speaker == label)
+        conn.execute(query("insert_speaker"), {
+            "source_id": source.id, "label": label, "embedding": diarization.embeddings.get(label),
+            "embedding_model": diarization.engine, "seconds": round(seconds, 3),
+            "segments": sum(1 for t in diarization.turns if t.speaker == label), "metadata": Jsonb({})})
+    return {"diarization": diarization_to_dict(diarization) | {"embeddings": {}},
+            "speakers": len(diarization.speakers), **run}
+
+
+SPEC = StageSpec("diarization", work, save, after_transcription_or_diarization, lock_with=("transcription",))
+
+
+@app.task(name="dhgq.diarization", queue="diarization", pass_context=True, retry=retry_strategy())
+def diarization(context: JobContext, source_id: str) -> None:
+    resources, job = job_of(context, "diarization", source_id)
+    run_stage(resources, SPEC, job)

@@ -1,0 +1,56 @@
+"""The fan-in after the two side-by-side stages.
+
+Both completions lock the transcription and diarization rows (in a fixed order) before they
+commit, so whichever completes second sees the other completed, assigns speakers to the
+transcript, and queues summarization: exactly once, however the two finish.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from dhgq.media.serialize import diarization_from_dict, transcript_from_dict, transcript_to_dict
+from dhgq.media.speakers import assign_speakers
+from dhgq.pipeline import Source, enqueue
+from dhgq.queries import query
+
+
+def after_transcription_or_diarization(conn: psycopg.Connection, source: Source) -> None:
+    cur = conn.cursor(row_factory=dict_row)
+    rows = {r["stage"]: r for r in cur.execute(
+        query("lock_stages"), {"source_id": source.id, "stages": ["diarization", "transcription"]})}
+    if any(rows.get(stage, {}).get("status") != "completed" for stage in ("transcription", "diarization")):
+        return  # the other one is still running; its completion will do this
+    merge_speakers(conn, source, rows["diarization"]["result"])
+    enqueue(conn, source.id, "summarization")
+
+
+def merge_speakers(conn: psycopg.Connection, source: Source, diarization_result: dict) -> None:
+    """Label each transcript segment with its speaker and link the segment rows to the profiles."""
+    cur = conn.cursor(row_factory=dict_row)
+    document = cur.execute(query("document"), {"source_id": source.id, "content_type": "transcript"}).fetchone()
+    transcript = transcript_from_dict(document["processed_content"])
+    labelled = assign_speakers(transcript, diarization_from_dict(diarization_result["diarization"]))
+    conn.execute(query("update_document_content"),
+                 {"document_id": document["id"], "processed_content": Jsonb(transcript_to_dict(labelled))})
+    speaker_ids = {r["label"]: r["id"] for r in cur.execute(query("speakers"), {"source_id": source.id})}
+    conn.execute(query("delete_segments"), {"document_id": document["id"]})
+    seconds: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    with conn.cursor() as writer:
+        writer.executemany(query("insert_segment"), [
+            {"document_id": document["id"], "start": s.start, "end": s.end, "text": s.text.strip(),
+             "speaker_id": speaker_ids.get(s.speaker or ""), "confidence": s.confidence,
+             "metadata": Jsonb({"speaker": s.speaker, "words": [w.__dict__ for w in s.words]})}
+            for s in labelled.segments])
+    for segment in labelled.segments:
+        if segment.speaker:
+            seconds[segment.speaker] += segment.end - segment.start
+            counts[segment.speaker] += 1
+    for label, speaker_id in speaker_ids.items():
+        conn.execute(query("update_speaker_totals"), {"speaker_id": speaker_id, "seconds": round(seconds[label], 3),
+                                                      "segments": counts[label]})

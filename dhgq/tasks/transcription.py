@@ -1,0 +1,54 @@
+"""Transcription: Whisper on the extracted audio (local engine or Modal), then the fan-in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from procrastinate import JobContext
+from psycopg.types.json import Jsonb
+
+from dhgq.app import app, retry_strategy
+from dhgq.errors import PermanentError
+from dhgq.media.serialize import transcript_to_dict
+from dhgq.media.types import Transcript
+from dhgq.pipeline import Resources, Source, StageJob, StageSpec, report_progress, run_stage
+from dhgq.queries import query
+from dhgq.tasks import job_of
+from dhgq.tasks.fanin import after_transcription_or_diarization
+
+
+def work(resources: Resources, source: Source, job: StageJob) -> tuple[Transcript, dict[str, Any]]:
+    if not source.wav_path:
+        raise PermanentError("no extracted audio: extraction has not completed", file=source.path)
+    report_progress(resources, job, 5)
+    return resources.host("transcription").call(
+        "dhgq.engines:transcribe", resources.settings.stage_timeout(source.duration), wav_path=source.wav_path)
+
+
+def save(conn: psycopg.Connection, source: Source, output: tuple[Transcript, dict[str, Any]]) -> dict[str, Any]:
+    transcript, run = output
+    content = transcript_to_dict(transcript)
+    document_id = conn.execute(query("upsert_document"), {
+        "source_id": source.id, "content_type": "transcript", "raw_content": transcript.text,
+        "processed_content": Jsonb(content), "word_count": len(transcript.text.split()),
+        "language": transcript.language, "whisper_model_used": transcript.model,
+        "ai_processing_details": Jsonb({"engine": transcript.engine, **run})}).fetchone()[0]
+    conn.execute(query("delete_segments"), {"document_id": document_id})
+    with conn.cursor() as cur:
+        cur.executemany(query("insert_segment"), [
+            {"document_id": document_id, "start": s.start, "end": s.end, "text": s.text.strip(),
+             "speaker_id": None, "confidence": s.confidence,
+             "metadata": Jsonb({"words": [w.__dict__ for w in s.words]})}
+            for s in transcript.segments])
+    return {"document_id": str(document_id), "segments": len(transcript.segments),
+            "words": len(transcript.text.split()), "language": transcript.language, **run}
+
+
+SPEC = StageSpec("transcription", work, save, after_transcription_or_diarization, lock_with=("diarization",))
+
+
+@app.task(name="dhgq.transcription", queue="transcription", pass_context=True, retry=retry_strategy())
+def transcription(context: JobContext, source_id: str) -> None:
+    resources, job = job_of(context, "transcription", source_id)
+    run_stage(resources, SPEC, job)

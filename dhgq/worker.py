@@ -1,0 +1,133 @@
+"""``dhgq worker``: one Procrastinate worker per stage queue in one process, each with its stage's
+concurrency, sharing a connection pool and model hosts; plus the recovery of stalled jobs.
+
+Procrastinate 3 notices dead workers (their heartbeats stop) but does not re-run their jobs by
+itself, so every worker process also runs a small periodic loop that finds jobs of stalled
+workers, puts them back in their queue and NOTIFYs, so idle workers pick them up at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+
+import procrastinate
+from procrastinate.worker import Worker
+from psycopg_pool import ConnectionPool
+
+from dhgq.app import app, connector_for
+from dhgq.pipeline import Resources
+from dhgq.queries import query
+from dhgq.settings import STAGES, Settings, Stage
+
+logger = logging.getLogger("dhgq.worker")
+
+
+def run(settings: Settings, url: str, *, queues: Sequence[Stage] = STAGES, once: bool = False,
+        concurrency: int | None = None, warm: bool = False) -> None:
+    """Run until stopped (SIGTERM/SIGINT finish the jobs in hand), or with ``once`` until idle."""
+    asyncio.run(_run(settings, url, list(queues), once, concurrency, warm))
+
+
+async def _run(settings: Settings, url: str, queues: list[Stage], once: bool, concurrency: int | None,
+               warm: bool) -> None:
+    pool = ConnectionPool(url, min_size=1, max_size=4 + 2 * len(queues), open=True,
+                          check=ConnectionPool.check_connection, kwargs={"connect_timeout": 10})
+    resources = Resources(settings, pool)
+    try:
+        with app.replace_connector(connector_for(url)) as bound:
+            async with bound.open_async():
+                if warm:
+                    asyncio.get_running_loop().run_in_executor(None, _warm, resources, queues)
+                await _serve(bound, resources, queues, once, concurrency)
+    finally:
+        await asyncio.to_thread(resources.close)
+
+
+async def _serve(bound: procrastinate.App, resources: Resources, queues: list[Stage], once: bool,
+                 concurrency: int | None) -> None:
+    settings = resources.settings
+
+    def make_workers() -> list[Worker]:
+        return [Worker(bound, queues=[queue], name=f"dhgq-{queue}",
+                       concurrency=concurrency or settings.concurrency(queue), wait=not once,
+                       additional_context={"dhgq": resources}, install_signal_handlers=False,
+                       update_heartbeat_interval=max(1.0, settings.stalled_after / 4),
+                       stalled_worker_timeout=settings.stalled_after, fetch_job_polling_interval=5.0,
+                       shutdown_graceful_timeout=None) for queue in queues]
+
+    if not once:
+        workers = make_workers()
+        stop = _stop_on_signals(workers)
+        recovery = asyncio.create_task(_recover_forever(bound, resources, stop))
+        await asyncio.gather(*(w.run() for w in workers))
+        recovery.cancel()
+        return
+    # --once: drain the queues; a finished stage may have queued the next, so go round until idle.
+    while True:
+        await recover_stalled_jobs(bound, resources)
+        await asyncio.gather(*(w.run() for w in make_workers()))
+        if not await asyncio.to_thread(_jobs_ready, resources, queues):
+            return
+        await asyncio.sleep(0.5)  # e.g. a dead worker's job, not yet stalled: wait for it
+
+
+def _stop_on_signals(workers: list[Worker]) -> asyncio.Event:
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        logger.info("stopping: the jobs in hand finish first")
+        stopped.set()
+        for worker in workers:
+            worker.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    return stopped
+
+
+async def _recover_forever(bound: procrastinate.App, resources: Resources, stop: asyncio.Event) -> None:
+    interval = max(1.0, resources.settings.stalled_after / 3)
+    while not stop.is_set():
+        try:
+            await recover_stalled_jobs(bound, resources)
+        except Exception as exc:  # the database may be restarting; try again next round
+            logger.warning("stalled-job recovery failed: %s", exc)
+        try:
+            await asyncio.wait_for(stop.wait(), interval)
+        except TimeoutError:
+            pass
+
+
+async def recover_stalled_jobs(bound: procrastinate.App, resources: Resources) -> int:
+    """Put the jobs of workers whose heartbeat stopped back in their queue, and wake the workers."""
+    stalled = await bound.job_manager.get_stalled_jobs(seconds_since_heartbeat=resources.settings.stalled_after)
+    count = 0
+    for job in stalled:
+        await bound.job_manager.retry_job(job)
+        await asyncio.to_thread(_notify, resources, job.queue, job.id)
+        logger.warning("re-queued stalled job", extra={"job_id": job.id, "queue": job.queue,
+                                                       "source_id": job.task_kwargs.get("source_id")})
+        count += 1
+    await bound.job_manager.prune_stalled_workers(resources.settings.stalled_after)
+    return count
+
+
+def _notify(resources: Resources, queue: str, job_id: int | None) -> None:
+    with resources.pool.connection() as conn:
+        conn.execute(query("notify_workers"), {"queue": queue, "job_id": job_id})
+
+
+def _jobs_ready(resources: Resources, queues: list[Stage]) -> bool:
+    with resources.pool.connection() as conn:
+        row = conn.execute(query("ready_jobs"), {"queues": list(queues)}).fetchone()
+    return bool(row and row[0])
+
+
+def _warm(resources: Resources, queues: list[Stage]) -> None:
+    for stage in ("transcription", "diarization"):
+        if stage in queues:
+            resources.host(stage).warm("dhgq.engines:warm", stage=stage)
