@@ -37,7 +37,11 @@ SILENCE_DBFS = -50.0  # a 20 ms frame quieter than this counts as silent
 SILENCE_MIN_SECONDS = 0.5  # ... when it is part of a run at least this long (as silencedetect's d=)
 COMPACT_MAX_BITRATE = 192_000  # copy the source stream as the compact copy below this bitrate
 # Source codec -> (file suffix, ffmpeg muxer) for a stream copy that needs no re-encoding.
-_COPYABLE: dict[str, tuple[str, str]] = {"aac": ("m4a", "ipod"), "mp3": ("mp3", "mp3"), "opus": ("opus", "opus")}
+_COPYABLE: dict[str, tuple[str, str]] = {
+    "aac": ("m4a", "ipod"),
+    "mp3": ("mp3", "mp3"),
+    "opus": ("opus", "opus"),
+}
 
 
 def probe(path: Path, *, timeout: float | None = None) -> ProbeInfo:
@@ -45,7 +49,9 @@ def probe(path: Path, *, timeout: float | None = None) -> ProbeInfo:
     return _probe_info(Path(path), _probe_raw(Path(path), timeout))
 
 
-def extract_audio(source: Path, out_dir: Path, *, stem: str, timeout: float | None = None) -> ExtractionResult:
+def extract_audio(
+    source: Path, out_dir: Path, *, stem: str, timeout: float | None = None
+) -> ExtractionResult:
     """Write ``<stem>.wav`` (16 kHz mono s16) and a compact copy into ``out_dir``; measure quality.
 
     ``timeout`` bounds the whole extraction; ffmpeg is killed and ``StageTimeout`` raised past it.
@@ -66,7 +72,8 @@ def extract_audio(source: Path, out_dir: Path, *, stem: str, timeout: float | No
         done = run_tool(args, timeout=_remaining(timeout, started), file=source)
         if done.returncode != 0:
             raise PermanentError(
-                f"{source}: ffmpeg could not decode the audio ({last_error_line(done.stderr)})", file=str(source)
+                f"{source}: ffmpeg could not decode the audio ({last_error_line(done.stderr)})",
+                file=str(source),
             )
         samples = _read_wav(_partial(wav), source)
         _refuse_truncated(source, audio, info, samples.size / SAMPLE_RATE, done.stderr)
@@ -142,8 +149,12 @@ def _probe_with_av(path: Path) -> dict[str, Any]:
                     "channels": getattr(stream.codec_context, "channels", None),
                     "sample_rate": getattr(stream.codec_context, "sample_rate", None),
                     "bit_rate": stream.codec_context.bit_rate,
-                    "duration": float(stream.duration * stream.time_base) if stream.duration else None,
-                    "disposition": {"attached_pic": int(bool(stream.disposition & av.stream.Disposition.attached_pic))},
+                    "duration": float(stream.duration * stream.time_base)
+                    if stream.duration and stream.time_base
+                    else None,
+                    "disposition": {
+                        "attached_pic": int(bool(stream.disposition & av.stream.Disposition.attached_pic))
+                    },
                 }
                 for stream in container.streams
             ]
@@ -247,7 +258,9 @@ def _read_wav(path: Path, source: Path) -> np.ndarray:
     return samples
 
 
-def _refuse_truncated(source: Path, audio: dict[str, Any], info: ProbeInfo, decoded: float, stderr: str) -> None:
+def _refuse_truncated(
+    source: Path, audio: dict[str, Any], info: ProbeInfo, decoded: float, stderr: str
+) -> None:
     """A file whose index promises more audio than its data holds was cut off in transfer."""
     expected = _number(audio.get("duration"), float) or info.duration_seconds
     short = expected > 0 and decoded < expected - max(0.5, 0.02 * expected)
@@ -274,7 +287,9 @@ def _quality_metrics(samples: np.ndarray, ffmpeg_stderr: str) -> dict[str, Any]:
         "peak_dbfs": _dbfs(peak),
         "rms_dbfs": _dbfs(rms),
         "silence_ratio": round(_silence_ratio(x), 4),
-        "clipping_ratio": round(float(np.count_nonzero(np.abs(samples.astype(np.int32)) >= 32767)) / max(1, samples.size), 6),
+        "clipping_ratio": round(
+            float(np.count_nonzero(np.abs(samples.astype(np.int32)) >= 32767)) / max(1, samples.size), 6
+        ),
     }
 
 

@@ -1,0 +1,196 @@
+"""Transcription: one engine interface, two implementations of Whisper.
+
+``faster-whisper`` (CTranslate2, int8 on CPU) is the default because it is several times faster
+than PyTorch on the CPU workers; ``openai-whisper`` runs the same weights (converted once by
+``whisper_convert``) where PyTorch is the better fit, e.g. a GPU backend. Engines are cached per
+process by ``load_engine`` so a worker loads its model once, not once per job.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import soundfile as sf
+
+from dhgq.errors import ConfigurationError, PermanentError
+from dhgq.media.types import Segment, Transcript, Word
+
+SAMPLE_RATE = 16_000
+BEAM_SIZE = 5
+
+
+@runtime_checkable
+class TranscriptionEngine(Protocol):
+    """Anything that turns a 16 kHz WAV into a Transcript."""
+
+    name: str
+    model_name: str
+
+    def transcribe(self, wav_path: Path, *, language: str | None = None) -> Transcript: ...
+
+
+def load_audio(wav_path: Path) -> np.ndarray:
+    """float32 mono samples at 16 kHz; extraction's WAV is read directly, anything else decoded."""
+    path = Path(wav_path)
+    if not path.is_file():
+        raise PermanentError(f"{path}: audio file not found", file=str(path))
+    try:
+        info = sf.info(str(path))
+        if info.samplerate == SAMPLE_RATE and info.channels == 1:
+            return sf.read(str(path), dtype="float32")[0]
+    except sf.LibsndfileError:
+        pass
+    from faster_whisper.audio import decode_audio
+
+    try:
+        return np.asarray(decode_audio(str(path), sampling_rate=SAMPLE_RATE), dtype=np.float32)
+    except Exception as exc:  # PyAV raises many kinds; all mean the file is unreadable
+        raise PermanentError(f"{path}: cannot read audio ({exc})", file=str(path)) from exc
+
+
+def has_speech(audio: np.ndarray) -> bool:
+    """Silero VAD (shipped in faster-whisper) finds any speech: silence must give no text."""
+    if audio.size == 0 or float(np.max(np.abs(audio))) < 1e-4:
+        return False
+    from faster_whisper.vad import get_speech_timestamps
+
+    return bool(get_speech_timestamps(audio))
+
+
+def join_text(segments: list[Segment]) -> str:
+    return " ".join(segment.text for segment in segments if segment.text).strip()
+
+
+class FasterWhisperEngine:
+    """Whisper on CTranslate2: int8 on CPU, VAD-filtered, with word timestamps."""
+
+    name = "faster-whisper"
+
+    def __init__(self, model: str, *, compute_type: str = "int8", models_dir: Path | None = None) -> None:
+        from faster_whisper import WhisperModel
+
+        from dhgq.media.whisper_models import resolve_ct2_model
+
+        self.model_name = model
+        device = "cuda" if _cuda_devices() else "cpu"
+        self._model = WhisperModel(
+            str(resolve_ct2_model(model, models_dir)), device=device, compute_type=compute_type
+        )
+
+    def transcribe(self, wav_path: Path, *, language: str | None = None) -> Transcript:
+        audio = load_audio(wav_path)
+        duration = audio.size / SAMPLE_RATE
+        if not has_speech(audio):
+            return Transcript("", language, [], self.model_name, self.name, duration)
+        pieces, info = self._model.transcribe(
+            audio, language=language, beam_size=BEAM_SIZE, vad_filter=True, word_timestamps=True
+        )
+        segments = [
+            Segment(
+                start=_seconds(piece.start),
+                end=_seconds(piece.end),
+                text=piece.text.strip(),
+                confidence=round(math.exp(float(piece.avg_logprob)), 4),
+                words=[
+                    Word(_seconds(w.start), _seconds(w.end), w.word.strip(), round(float(w.probability), 4))
+                    for w in piece.words or []
+                ],
+            )
+            for piece in pieces  # a generator: decoding happens here
+        ]
+        return Transcript(join_text(segments), info.language, segments, self.model_name, self.name, duration)
+
+
+class OpenAIWhisperEngine:
+    """openai-whisper (PyTorch) on a checkpoint converted from the same CTranslate2 weights."""
+
+    name = "openai-whisper"
+
+    def __init__(self, model: str, *, models_dir: Path | None = None) -> None:
+        import torch
+        import whisper
+
+        from dhgq.media.whisper_convert import openai_checkpoint
+
+        self.model_name = model
+        self._device = "cuda" if torch.cuda.is_available() else "cpu"
+        checkpoint_path = openai_checkpoint(model, models_dir)
+        checkpoint = torch.load(checkpoint_path, map_location=self._device, weights_only=True)
+        self._model = whisper.Whisper(whisper.ModelDimensions(**checkpoint["dims"]))
+        self._model.load_state_dict(checkpoint["model_state_dict"])
+        if checkpoint.get("alignment_heads"):
+            self._model.set_alignment_heads(checkpoint["alignment_heads"])
+        self._model.to(self._device).eval()
+
+    def transcribe(self, wav_path: Path, *, language: str | None = None) -> Transcript:
+        audio = load_audio(wav_path)
+        duration = audio.size / SAMPLE_RATE
+        if not has_speech(audio):  # openai-whisper has no VAD and may hallucinate on silence
+            return Transcript("", language, [], self.model_name, self.name, duration)
+        if not self._model.is_multilingual:
+            language = "en"
+        result: dict[str, Any] = self._model.transcribe(
+            audio,
+            language=language,
+            word_timestamps=True,
+            fp16=self._device == "cuda",
+            beam_size=BEAM_SIZE,
+            best_of=BEAM_SIZE,
+            verbose=None,
+        )
+        segments = [
+            Segment(
+                start=_seconds(piece["start"]),
+                end=_seconds(piece["end"]),
+                text=str(piece["text"]).strip(),
+                confidence=round(math.exp(float(piece["avg_logprob"])), 4),
+                words=[
+                    Word(
+                        _seconds(w["start"]),
+                        _seconds(w["end"]),
+                        str(w["word"]).strip(),
+                        round(float(w["probability"]), 4),
+                    )
+                    for w in piece.get("words", [])
+                ],
+            )
+            for piece in result["segments"]
+        ]
+        return Transcript(
+            join_text(segments), result.get("language"), segments, self.model_name, self.name, duration
+        )
+
+
+@lru_cache(maxsize=4)
+def load_engine(engine: str, model: str, compute_type: str, models_dir: Path | None) -> TranscriptionEngine:
+    """The engine for these settings, built once per worker process."""
+    if engine == "faster-whisper":
+        return FasterWhisperEngine(model, compute_type=compute_type, models_dir=models_dir)
+    if engine == "openai-whisper":
+        try:
+            import whisper  # noqa: F401
+        except ImportError as exc:
+            raise ConfigurationError(
+                "openai-whisper is not installed: pip install -c constraints.txt --no-deps openai-whisper "
+                "and its dependencies more-itertools tiktoken numba tqdm (or the [gpu] extra)"
+            ) from exc
+        return OpenAIWhisperEngine(model, models_dir=models_dir)
+    raise ConfigurationError(f"unknown whisper engine {engine!r}: use faster-whisper or openai-whisper")
+
+
+def _seconds(value: Any) -> float:
+    """A plain float (numpy scalars are not JSON) at millisecond precision."""
+    return round(float(value), 3)
+
+
+def _cuda_devices() -> int:
+    try:
+        import ctranslate2
+
+        return int(ctranslate2.get_cuda_device_count())
+    except (ImportError, RuntimeError):
+        return 0
