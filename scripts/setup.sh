@@ -15,6 +15,8 @@ command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v sox >/dev/null || need+=(sox)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v pgbench >/dev/null || need+=(postgresql-contrib)
+command -v redis-server >/dev/null || need+=(redis-server)   # only the benchmarks' BullMQ contender
 if ((${#need[@]})); then
     echo "setup: installing system packages: ${need[*]}" >&2
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
