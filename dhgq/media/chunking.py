@@ -21,6 +21,7 @@ from dhgq.media.types import Segment, Transcript, Word
 
 FRAME_SECONDS = 0.01
 FLOOR_DB = -100.0
+SMOOTH_FRAMES = 5  # the quietest spot is judged over 50 ms
 
 
 @dataclass(frozen=True)
@@ -78,32 +79,45 @@ def _silent_runs(silent: np.ndarray, min_frames: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True) if b - a >= min_frames]
 
 
-def _cut_frame(levels: np.ndarray, runs: list[tuple[int, int]], lo: int, hi: int, smooth: int) -> int:
-    """The cut between frames lo and hi: the middle of the latest long silence, else the quietest spot."""
-    for a, b in reversed(runs):
-        a, b = max(a, lo), min(b, hi)
+@dataclass(frozen=True)
+class Cut:
+    """A cut time and how far the overlap may reach around it (the silence it lies in, if any)."""
+
+    at: float
+    reach_back: float
+    reach_ahead: float
+
+
+def _cut(levels: np.ndarray, runs: list[tuple[int, int]], lo: int, hi: int) -> Cut:
+    """The cut between frames lo and hi: the middle of the latest long silence, else the quietest spot.
+
+    A cut in a silence lets the overlap reach only across that silence, so that no chunk begins
+    or ends with a fragment of a word; elsewhere the overlap is free.
+    """
+    for start, stop in reversed(runs):
+        a, b = max(start, lo), min(stop, hi)
         if a < b:
-            return (a + b) // 2
-    window = np.convolve(levels[lo:hi], np.ones(smooth) / smooth, mode="same")
+            return Cut((a + b) // 2 * FRAME_SECONDS, start * FRAME_SECONDS, stop * FRAME_SECONDS)
+    window = np.convolve(levels[lo:hi], np.ones(SMOOTH_FRAMES) / SMOOTH_FRAMES, mode="same")
     quietest = np.flatnonzero(window <= window.min() + 1e-9)
-    return lo + int(quietest[-1])
+    return Cut((lo + int(quietest[-1])) * FRAME_SECONDS, -math.inf, math.inf)
 
 
 def cut_points(
     samples: np.ndarray, sample_rate: int, *, max_span: float, min_silence: float = 0.3
-) -> list[float]:
-    """Cut times (s) so that no piece between two cuts is longer than ``max_span``."""
+) -> list[Cut]:
+    """Cuts so that no piece between two cuts is longer than ``max_span`` seconds."""
     levels = frame_levels(samples, sample_rate)
     min_frames = max(1, round(min_silence / FRAME_SECONDS))
     runs = _silent_runs(levels < silence_threshold(levels), min_frames)
     span = int(max_span / FRAME_SECONDS)
-    cuts: list[int] = []
+    cuts: list[Cut] = []
     previous = 0
     while len(levels) - previous > span:
-        cut = _cut_frame(levels, runs, previous + span // 2, previous + span, min_frames)
+        cut = _cut(levels, runs, previous + span // 2, previous + span)
         cuts.append(cut)
-        previous = cut
-    return [cut * FRAME_SECONDS for cut in cuts]
+        previous = round(cut.at / FRAME_SECONDS)
+    return cuts
 
 
 def split_samples(
@@ -119,12 +133,14 @@ def split_samples(
         raise ValueError(f"max_chunk ({max_chunk}s) must be longer than twice the overlap ({overlap}s)")
     total = len(samples) / sample_rate
     cuts = cut_points(samples, sample_rate, max_span=max_chunk - 2 * overlap, min_silence=min_silence)
-    cores = list(zip([0.0, *cuts], [*cuts, total], strict=True))
+    before = [Cut(0.0, 0.0, 0.0), *cuts]
+    after = [*cuts, Cut(total, total, total)]
     chunks = []
-    for core_start, core_end in cores:
-        start, end = max(0.0, core_start - overlap), min(total, core_end + overlap)
+    for left, right in zip(before, after, strict=True):
+        start = max(0.0, left.at - overlap, left.reach_back)
+        end = min(total, right.at + overlap, right.reach_ahead)
         piece = samples[int(round(start * sample_rate)) : int(round(end * sample_rate))]
-        chunks.append(Chunk(start, end, core_start, core_end, piece, sample_rate))
+        chunks.append(Chunk(start, end, left.at, right.at, piece, sample_rate))
     return chunks
 
 

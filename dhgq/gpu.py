@@ -1,0 +1,301 @@
+"""Where the GPU stages run: in the worker (``local``) or on Modal (``modal_gpu/app.py``).
+
+``select_backend`` turns ``settings.gpu_backend`` into a backend and a sentence saying why.
+Both backends return the result together with run metadata (backend, gpu, model,
+duration_s, ...) for the stage row. Modal's failures are sorted into dhgq's error classes here:
+missing credentials or deployment are ``ConfigurationError``; timeouts, connection trouble
+and an unavailable service are ``TransientError``, retried by the queue (Modal retries nothing).
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from dhgq.errors import ConfigurationError, DhgqError, PermanentError, TransientError, classify
+from dhgq.media.serialize import diarization_from_dict, transcript_from_dict
+from dhgq.media.types import Diarization, Transcript
+from dhgq.settings import Settings
+
+RunInfo = dict[str, Any]
+
+CREDENTIALS_FIX = (
+    "run `modal token new` or set MODAL_TOKEN_ID/MODAL_TOKEN_SECRET, then `dhgq modal deploy`"
+)
+DEPLOY_FIX = "run `dhgq modal deploy`"
+# Model names openai-whisper can fetch (the Modal app's engine); local paths do not travel.
+MODAL_WHISPER_MODELS = frozenset({
+    "tiny.en", "tiny", "base.en", "base", "small.en", "small", "medium.en", "medium",
+    "large-v1", "large-v2", "large-v3", "large", "large-v3-turbo", "turbo",
+})
+LONG_AUDIO_SECONDS = 600.0
+APP_MODULE = "modal_gpu.app"
+
+
+class GpuBackend(Protocol):
+    """Runs the two GPU stages on a WAV and says how it went."""
+
+    name: str
+
+    def transcribe(
+        self, wav_path: Path, *, model: str, language: str | None = None
+    ) -> tuple[Transcript, RunInfo]: ...
+
+    def diarize(
+        self,
+        wav_path: Path,
+        *,
+        num_speakers: int | None = None,
+        min_speakers: int | None = None,
+        max_speakers: int | None = None,
+    ) -> tuple[Diarization, RunInfo]: ...
+
+
+def run_info(backend: str, gpu: str | None, model: str, started: float, **extra: Any) -> RunInfo:
+    """The metadata stored with a stage's result."""
+    return {"backend": backend, "gpu": gpu, "model": model,
+            "duration_s": round(time.perf_counter() - started, 3), **extra}
+
+
+class LocalBackend:
+    """The engines of ``dhgq.media``, in this process (models cached per process)."""
+
+    name = "local"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def transcribe(
+        self, wav_path: Path, *, model: str, language: str | None = None
+    ) -> tuple[Transcript, RunInfo]:
+        from dhgq.media.transcription import load_engine
+
+        started = time.perf_counter()
+        s = self.settings
+        engine = load_engine(s.whisper_engine, model, s.whisper_compute_type, s.models_dir)
+        transcript = engine.transcribe(Path(wav_path), language=language)
+        return transcript, run_info(self.name, None, model, started, engine=transcript.engine)
+
+    def diarize(
+        self,
+        wav_path: Path,
+        *,
+        num_speakers: int | None = None,
+        min_speakers: int | None = None,
+        max_speakers: int | None = None,
+    ) -> tuple[Diarization, RunInfo]:
+        from dhgq.media.diarization import load_diarizer
+
+        started = time.perf_counter()
+        diarizer = load_diarizer(self.settings.diarization_engine)
+        diarization = diarizer.diarize(
+            Path(wav_path), num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers
+        )
+        return diarization, run_info(self.name, None, diarization.engine, started, engine=diarization.engine)
+
+
+class ModalBackend:
+    """The deployed Modal app: sends the WAV's bytes, gets dataclass dicts back."""
+
+    name = "modal"
+
+    def __init__(self, settings: Settings, *, long_audio_seconds: float = LONG_AUDIO_SECONDS) -> None:
+        self.settings = settings
+        self.long_audio_seconds = long_audio_seconds
+
+    def transcribe(
+        self, wav_path: Path, *, model: str, language: str | None = None
+    ) -> tuple[Transcript, RunInfo]:
+        import modal
+
+        if model not in MODAL_WHISPER_MODELS:
+            raise ConfigurationError(
+                f"Whisper model {model!r} is not one the Modal app can load: use one of "
+                f"{', '.join(sorted(MODAL_WHISPER_MODELS))} (DHGQ_WHISPER_MODEL)"
+            )
+        started = time.perf_counter()
+        audio, seconds = _read_wav(wav_path)
+        app_name = self.settings.modal_app_name
+        with modal_errors(app_name, "transcription"):
+            if seconds > self.long_audio_seconds:
+                output = modal.Function.from_name(app_name, "transcribe_long").remote(audio, model, language)
+            else:
+                transcriber = modal.Cls.from_name(app_name, "Transcriber")(model=model)
+                output = transcriber.transcribe.remote(audio, model, language)
+        transcript = transcript_from_dict(output["transcript"])
+        return transcript, run_info(
+            self.name, self.settings.modal_gpu, model, started, engine=transcript.engine,
+            device=output.get("device"), remote_s=round(output.get("seconds", 0.0), 3),
+            chunks=output.get("chunks", 1),
+        )
+
+    def diarize(
+        self,
+        wav_path: Path,
+        *,
+        num_speakers: int | None = None,
+        min_speakers: int | None = None,
+        max_speakers: int | None = None,
+    ) -> tuple[Diarization, RunInfo]:
+        import modal
+
+        started = time.perf_counter()
+        audio, _ = _read_wav(wav_path)
+        app_name = self.settings.modal_app_name
+        with modal_errors(app_name, "diarization"):
+            diarizer = modal.Cls.from_name(app_name, "Diarizer")()
+            output = diarizer.diarize.remote(audio, num_speakers, min_speakers, max_speakers)
+        diarization = diarization_from_dict(output["diarization"])
+        return diarization, run_info(
+            self.name, self.settings.modal_gpu, diarization.engine, started, engine=diarization.engine,
+            device=output.get("device"), remote_s=round(output.get("seconds", 0.0), 3),
+        )
+
+
+def _read_wav(wav_path: Path) -> tuple[bytes, float]:
+    import soundfile as sf
+
+    path = Path(wav_path)
+    if not path.is_file():
+        raise PermanentError(f"{path}: audio file not found", file=str(path))
+    return path.read_bytes(), float(sf.info(str(path)).duration)
+
+
+@contextmanager
+def modal_errors(app_name: str, stage: str) -> Iterator[None]:
+    """Modal's exceptions as dhgq's: configuration, transient or permanent."""
+    from modal import exception as mx
+
+    try:
+        yield
+    except DhgqError:
+        raise
+    except mx.NotFoundError as exc:
+        raise ConfigurationError(
+            f"the Modal app {app_name!r} is not deployed ({exc}): {DEPLOY_FIX}", stage=stage
+        ) from exc
+    except (mx.AuthError, mx.PermissionDeniedError) as exc:
+        message = f"Modal refused the credentials ({exc}): {CREDENTIALS_FIX}"
+        raise ConfigurationError(message, stage=stage) from exc
+    except (mx.TimeoutError, mx.ConnectionError, mx.InternalFailure, mx.InternalError, mx.ServiceError,
+            mx.ResourceExhaustedError, mx.ClientClosed, TimeoutError, ConnectionError) as exc:
+        raise TransientError(f"Modal {stage} failed, will retry: {exc!r}", stage=stage) from exc
+    except (mx.InvalidError, mx.RequestSizeError, mx.SerializationError) as exc:
+        raise PermanentError(f"Modal rejected the {stage} request: {exc}", stage=stage) from exc
+    except Exception as exc:  # the remote body's own exception, re-raised here by Modal
+        error = PermanentError if classify(exc) == "permanent" else TransientError
+        raise error(f"Modal {stage} failed: {exc!r}", stage=stage) from exc
+
+
+def modal_credentials() -> str | None:
+    """Where Modal's token comes from (environment or config file), or None: modal's own lookup."""
+    from modal import config
+
+    if not (config.config.get("token_id") and config.config.get("token_secret")):
+        return None
+    if config.config.get("token_id") == config.config.get("token_id", use_env=False):
+        return f"the Modal config file {config.user_config_path}"
+    return "MODAL_TOKEN_ID/MODAL_TOKEN_SECRET"
+
+
+def select_backend(settings: Settings) -> tuple[GpuBackend, str]:
+    """The backend ``settings.gpu_backend`` asks for, and why it was chosen."""
+    if settings.gpu_backend == "local":
+        return LocalBackend(settings), "gpu_backend=local: the models run in the worker"
+    where = modal_credentials()
+    target = f"Modal app {settings.modal_app_name!r} on {settings.modal_gpu}"
+    if settings.gpu_backend == "modal":
+        if where is None:
+            raise ConfigurationError(f"gpu_backend=modal but Modal has no credentials: {CREDENTIALS_FIX}")
+        return ModalBackend(settings), f"gpu_backend=modal: {target} (credentials from {where})"
+    if where is None:
+        return LocalBackend(settings), (
+            "gpu_backend=auto: chose local, because no Modal credentials are configured "
+            f"(to use Modal: {CREDENTIALS_FIX})"
+        )
+    return ModalBackend(settings), f"gpu_backend=auto: chose Modal, {target} (credentials from {where})"
+
+
+def app_source() -> Path:
+    """The repository root that holds ``modal_gpu/app.py``."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "modal_gpu" / "app.py").is_file():
+        raise ConfigurationError(f"no modal_gpu/app.py under {root}: deploy from a dhgq source checkout")
+    return root
+
+
+def deploy_command(settings: Settings) -> list[str]:
+    return [sys.executable, "-m", "modal", "deploy", "--name", settings.modal_app_name, "-m", APP_MODULE]
+
+
+def deploy_environment(settings: Settings) -> dict[str, str]:
+    """The variables ``modal_gpu/app.py`` reads at deploy time, from dhgq's settings."""
+    import os
+
+    # The child needs the whole environment (PATH, Modal's token variables); only these are dhgq's.
+    return {
+        **os.environ,
+        "DHGQ_MODAL_GPU": settings.modal_gpu,
+        "DHGQ_MODAL_WHISPER_MODEL": settings.whisper_model,
+    }
+
+
+def deploy(settings: Settings, timeout: float = 3600.0) -> str:
+    """``modal deploy modal_gpu/app.py`` under the configured app name and GPU; returns its output."""
+    if modal_credentials() is None:
+        raise ConfigurationError(f"cannot deploy: no Modal credentials: {CREDENTIALS_FIX}")
+    try:
+        done = subprocess.run(
+            deploy_command(settings), cwd=app_source(), env=deploy_environment(settings),
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise TransientError(f"`modal deploy` ran past {timeout:.0f}s") from exc
+    output = (done.stdout + done.stderr).strip()
+    if done.returncode != 0:
+        raise ConfigurationError(f"`modal deploy` failed (exit {done.returncode}):\n{output[-2000:]}")
+    return output
+
+
+def silent_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
+    import numpy as np
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(int(seconds * rate), dtype=np.float32), rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def check(settings: Settings) -> list[tuple[str, bool, str]]:
+    """``dhgq modal check``: credentials, deployment, a tiny round trip; each (name, ok, detail)."""
+    import modal
+
+    where = modal_credentials()
+    results = [("credentials", where is not None, f"from {where}" if where else CREDENTIALS_FIX)]
+    if where is None:
+        return [*results, ("deployment", False, "skipped"), ("round trip", False, "skipped")]
+    app_name = settings.modal_app_name
+    try:
+        with modal_errors(app_name, "check"):
+            modal.Cls.from_name(app_name, "Transcriber").hydrate()
+            modal.Function.from_name(app_name, "transcribe_long").hydrate()
+    except DhgqError as exc:
+        return [*results, ("deployment", False, exc.message), ("round trip", False, "skipped")]
+    results.append(("deployment", True, f"app {app_name!r} found"))
+    started = time.perf_counter()
+    try:
+        with modal_errors(app_name, "check"):
+            output = modal.Cls.from_name(app_name, "Transcriber")(model="tiny.en").transcribe.remote(
+                silent_wav(), "tiny.en", "en"
+            )
+    except DhgqError as exc:
+        return [*results, ("round trip", False, exc.message)]
+    elapsed = time.perf_counter() - started
+    detail = f"tiny.en on {output.get('device')}: {elapsed:.1f}s (remote {output.get('seconds', 0.0):.1f}s)"
+    return [*results, ("round trip", True, detail)]

@@ -1,0 +1,1 @@
+"""dhgq's Modal app (``modal_gpu/app.py``): transcription and diarization on a cloud GPU."""

@@ -1,0 +1,151 @@
+"""The Modal app's function bodies, run in this process through Modal's own ``.local()``.
+
+``.local()`` (modal 1.6) builds the class instance from its ``modal.parameter`` values, runs the
+``@modal.enter()`` methods once per instance and then the method itself, here, without
+credentials: the same code a container runs, with the small CPU models instead of the GPU ones.
+"""
+
+from __future__ import annotations
+
+import http.server
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import jiwer
+import pytest
+import soundfile as sf
+
+from dhgq.errors import PermanentError, TransientError
+from dhgq.media.serialize import diarization_from_dict, transcript_from_dict
+from modal_gpu import app
+from tests.support.speech import TWO_SPEAKER_SCRIPT, Reference, dialogue
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*executing locally.*")
+
+
+def normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
+
+
+@pytest.fixture(scope="module")
+def talk(tmp_path_factory: pytest.TempPathFactory) -> Reference:
+    return dialogue(TWO_SPEAKER_SCRIPT, tmp_path_factory.mktemp("talk") / "talk.wav")
+
+
+@pytest.fixture(scope="module")
+def transcriber() -> object:
+    return app.Transcriber(engine="faster-whisper", model="tiny.en")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A local HTTP server standing in for signed Storage URLs; files go in the yielded folder."""
+    root = tmp_path_factory.mktemp("served")
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
+
+        def do_GET(self) -> None:
+            if self.path.startswith("/busy"):
+                self.send_error(503)
+            else:
+                super().do_GET()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", root
+    httpd.shutdown()
+    thread.join()
+
+
+def test_fetch_audio_takes_bytes_or_urls_never_paths(server: tuple[str, Path]) -> None:
+    url, root = server
+    (root / "a.wav").write_bytes(b"RIFF....")
+    assert app.fetch_audio(b"RIFF") == b"RIFF"
+    assert app.fetch_audio(f"{url}/a.wav") == b"RIFF...."
+    with pytest.raises(PermanentError, match="not a path"):
+        app.fetch_audio("/srv/audio/a.wav")
+    with pytest.raises(PermanentError, match="HTTP 404"):
+        app.fetch_audio(f"{url}/missing.wav")
+    with pytest.raises(TransientError, match="HTTP 503"):
+        app.fetch_audio(f"{url}/busy")
+
+
+@pytest.mark.slow
+def test_transcriber_body_runs_through_local(
+    transcriber: object, talk: Reference, server: tuple[str, Path]
+) -> None:
+    output = transcriber.transcribe.local(talk.audio.read_bytes(), "tiny.en", None)  # type: ignore[attr-defined]
+    assert output["device"] == "cpu" and output["seconds"] > 0
+    transcript = transcript_from_dict(output["transcript"])
+    assert transcript.engine == "faster-whisper" and transcript.model == "tiny.en"
+    assert jiwer.wer(normalise(talk.words), normalise(transcript.text)) < 0.15
+
+    url, root = server
+    (root / "talk.wav").write_bytes(talk.audio.read_bytes())
+    again = transcriber.transcribe.local(f"{url}/talk.wav", None, "en")  # type: ignore[attr-defined]
+    assert again["transcript"]["text"] == output["transcript"]["text"]
+
+
+@pytest.mark.slow
+def test_transcribe_long_splits_fans_out_and_stitches(talk: Reference) -> None:
+    output = app.transcribe_long.local(
+        talk.audio.read_bytes(), "tiny.en", None, engine="faster-whisper", max_chunk=15.0
+    )
+    assert output["chunks"] >= 4
+    transcript = transcript_from_dict(output["transcript"])
+    words = [w for s in transcript.segments for w in s.words]
+    assert all(b.start >= a.end for a, b in zip(words, words[1:], strict=False))
+    total = sf.info(str(talk.audio)).duration
+    assert words[0].start < 2.0 and words[-1].end > total - 3.0
+    assert jiwer.wer(normalise(talk.words), normalise(transcript.text)) < 0.2
+
+
+def test_transcribe_long_reports_failed_chunks(talk: Reference) -> None:
+    def flaky(chunks: object) -> list[object]:
+        return [TransientError("GPU went away")] + [PermanentError("bad")] * (len(chunks) - 1)  # type: ignore[arg-type]
+
+    with pytest.raises(TransientError, match=r"of \d+ chunks failed \(chunk 0: GPU went away\)"):
+        app.run_long_transcription(talk.audio.read_bytes(), flaky, max_chunk=15.0)
+    with pytest.raises(PermanentError, match="chunks failed"):
+        app.run_long_transcription(talk.audio.read_bytes(), lambda c: [PermanentError("x")] * len(c), 15.0)
+
+
+@pytest.mark.slow
+def test_the_container_openai_whisper_engine_runs_here(tmp_path: Path, talk: Reference) -> None:
+    """The engine a GPU container uses, on a checkpoint converted from the packaged tiny.en."""
+    from dhgq.media.whisper_convert import openai_checkpoint
+
+    checkpoint = openai_checkpoint("tiny.en", tmp_path)
+    short = tmp_path / "short.wav"
+    samples, rate = sf.read(str(talk.audio))
+    end = talk.turns[1][1] + 0.2  # the first two utterances
+    sf.write(str(short), samples[: int(end * rate)], rate, subtype="PCM_16")
+    transcriber = app.Transcriber(engine="openai-whisper", model=str(checkpoint))
+    output = transcriber.transcribe.local(short.read_bytes(), None, None)  # type: ignore[attr-defined]
+    transcript = transcript_from_dict(output["transcript"])
+    assert transcript.engine == "openai-whisper" and transcript.model == "tiny.en"
+    assert transcript.language == "en" and transcript.duration_seconds == pytest.approx(end, abs=0.01)
+    assert all(w.text == w.text.strip() and isinstance(w.probability, float) for s in transcript.segments
+               for w in s.words)
+    reference = normalise(" ".join(text for _, text in TWO_SPEAKER_SCRIPT[:2]))
+    assert jiwer.wer(reference, normalise(transcript.text)) < 0.2
+
+
+@pytest.mark.slow
+def test_diarizer_body_runs_through_local(talk: Reference) -> None:
+    diarizer = app.Diarizer(engine="local")
+    output = diarizer.diarize.local(talk.audio.read_bytes(), 2, None, None)  # type: ignore[attr-defined]
+    diarization = diarization_from_dict(output["diarization"])
+    assert len(diarization.speakers) == 2 and output["device"] == "cpu"
+    assert diarization.turns and all(t.end > t.start for t in diarization.turns)
+    speech = sum(end - start for start, end, _ in talk.turns)
+    covered = sum(t.end - t.start for t in diarization.turns)
+    assert covered == pytest.approx(speech, rel=0.25)
