@@ -4,20 +4,36 @@ from __future__ import annotations
 
 import typer
 
-from dhgq.cli import db
+from dhgq.cli import db, modal, models, pipeline
+from dhgq.cli.common import DhgqGroup, fail
+from dhgq.cli.demo import demo
+from dhgq.cli.eval import evaluate
+from dhgq.cli.monitor import monitor
 from dhgq.cli.worker import worker
-from dhgq.cli.common import fail
 from dhgq.errors import DhgqError
 from dhgq.settings import Settings
 
 app = typer.Typer(
     name="dhgq",
+    cls=DhgqGroup,
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     help="Turn recorded talks into searchable, speaker-labelled transcripts and summaries.",
 )
-app.add_typer(db.app, name="db")
+app.command()(demo)
+app.command()(pipeline.process)
+app.command()(pipeline.status)
+app.command()(pipeline.jobs)
+app.command()(pipeline.retry)
+app.command()(pipeline.cancel)
+app.command()(pipeline.export)
+app.command("dead-letter")(pipeline.dead_letter)
+app.command()(monitor)
 app.command()(worker)
+app.command("eval")(evaluate)
+app.add_typer(db.app, name="db")
+app.add_typer(models.app, name="models")
+app.add_typer(modal.app, name="modal")
 
 
 @app.callback()

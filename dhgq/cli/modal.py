@@ -1,0 +1,36 @@
+"""``dhgq modal ...``: the GPU offload on Modal."""
+
+from __future__ import annotations
+
+import typer
+
+from dhgq.cli.common import JsonOption, emit_json, settings_of, stderr, stdout
+
+app = typer.Typer(no_args_is_help=True, help="GPU offload on Modal: deploy the app and check it works.")
+
+
+@app.command()
+def deploy(ctx: typer.Context) -> None:
+    """Deploy modal_gpu/app.py under the configured app name and GPU."""
+    from dhgq import gpu
+
+    settings = settings_of(ctx)
+    stderr.print(f"deploying {settings.modal_app_name} ({settings.modal_gpu}) ...")
+    output = gpu.deploy(settings)
+    stdout.print(output, highlight=False, markup=False)
+
+
+@app.command()
+def check(ctx: typer.Context, json_output: JsonOption = False) -> None:
+    """Credentials, deployment and a tiny round trip; exit 1 when any fails."""
+    from dhgq import gpu
+
+    results = gpu.check(settings_of(ctx))
+    if json_output:
+        emit_json([{"check": name, "ok": ok, "detail": detail} for name, ok, detail in results])
+    else:
+        for name, ok, detail in results:
+            mark = "[green]ok[/green]  " if ok else "[red]FAIL[/red]"
+            stdout.print(f"{mark} {name:<11} {detail}", highlight=False)
+    if not all(ok for _, ok, _ in results):
+        raise typer.Exit(1)

@@ -1,0 +1,147 @@
+"""Sources: media files added to the pipeline, and finding a source again by id, prefix or name.
+
+Adding a file is one INSERT through the named query ``insert_source``: the table's trigger queues
+extraction in the same transaction, exactly as when a psql or supabase-py user inserts the row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from dhgq.errors import PermanentError
+from dhgq.queries import query
+
+MEDIA_TYPES: dict[str, str] = {
+    ".mp4": "video/mp4",
+    ".m4v": "video/mp4",
+    ".mov": "video/quicktime",
+    ".mkv": "video/x-matroska",
+    ".webm": "video/webm",
+    ".m4a": "audio/mp4",
+    ".mp3": "audio/mpeg",
+    ".wav": "audio/wav",
+    ".flac": "audio/flac",
+}
+CHUNK = 1 << 20
+
+
+class SourceNotFound(PermanentError):
+    """No source matches."""
+
+
+class AmbiguousSource(PermanentError):
+    """Several sources match: give more of the id."""
+
+
+@dataclass
+class Added:
+    """One file handed to ``add_files``: the new source, or the one that already had its content."""
+
+    path: Path
+    source_id: str
+    created: bool
+    size: int
+
+
+def is_media(path: Path) -> bool:
+    return path.suffix.lower() in MEDIA_TYPES
+
+
+def media_files(paths: Iterable[Path]) -> list[Path]:
+    """The media files among ``paths``, directories walked recursively, each file once, in order."""
+    found: dict[Path, None] = {}
+    for path in paths:
+        if path.is_dir():
+            found.update(dict.fromkeys(sorted(p for p in path.rglob("*") if p.is_file() and is_media(p))))
+        elif path.is_file() and is_media(path):
+            found[path] = None
+        elif path.is_file():
+            raise PermanentError(f"{path}: not a media file ({', '.join(sorted(MEDIA_TYPES))})")
+        else:
+            raise PermanentError(f"{path}: no such file or directory")
+    return [p.resolve() for p in found]
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of the file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def add_file(conn: psycopg.Connection, path: Path, *, origin: str = "dhgq") -> Added:
+    """Insert a source for the file unless one has the same content; the trigger queues it."""
+    digest = content_hash(path)
+    size = path.stat().st_size
+    with conn.transaction():
+        conn.execute(query("lock_content_hash"), {"content_hash": digest})
+        known = conn.execute(query("source_by_hash"), {"content_hash": digest}).fetchone()
+        if known is not None:
+            return Added(path, str(known[0]), False, size)
+        row = conn.execute(
+            query("insert_source"),
+            {
+                "name": path.name,
+                "path": str(path),
+                "size": size,
+                "content_hash": digest,
+                "batch_id": None,
+                "mime_type": MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream"),
+                "metadata": Jsonb({"added_by": origin}),
+            },
+        ).fetchone()
+    return Added(path, str(row[0]), True, size)
+
+
+def add_files(
+    conn: psycopg.Connection,
+    files: list[Path],
+    *,
+    origin: str = "dhgq",
+    on_added: Callable[[Added], None] | None = None,
+) -> Iterator[Added]:
+    for path in files:
+        added = add_file(conn, path, origin=origin)
+        if on_added:
+            on_added(added)
+        yield added
+
+
+def resolve(conn: psycopg.Connection, ref: str) -> dict[str, Any]:
+    """The source a user means: a uuid, a unique id prefix or a source name."""
+    ref = ref.strip()
+    if not ref:
+        raise SourceNotFound("an empty source reference matches nothing")
+    prefix = ref.lower().replace("\\", "").replace("%", "").replace("_", "\\_") + "%"
+    rows = (
+        conn.cursor(row_factory=dict_row)
+        .execute(query("cli_find_source"), {"ref": ref, "prefix": prefix})
+        .fetchall()
+    )
+    if rows and _is_uuid(ref) and str(rows[0]["id"]) == ref.lower():
+        return rows[0]
+    if len(rows) == 1:
+        return rows[0]
+    if not rows:
+        raise SourceNotFound(f"no source matches {ref!r} (give a source id, an id prefix or a name)")
+    shown = ", ".join(f"{str(r['id'])[:8]} {r['name']}" for r in rows[:5])
+    raise AmbiguousSource(f"{ref!r} matches several sources ({shown}): give more of the id")
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True

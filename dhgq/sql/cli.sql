@@ -1,0 +1,87 @@
+-- Queries of the dhgq command line and the monitor (read models, source lookup), by name.
+
+-- name: cli_find_source
+-- A source by full id, id prefix or exact name; the caller decides what several matches mean.
+SELECT id, name, path
+  FROM sources_google
+ WHERE NOT is_deleted
+   AND (id::text LIKE %(prefix)s OR name = %(ref)s)
+ ORDER BY (id::text = %(ref)s) DESC, created_at DESC
+ LIMIT 6;
+
+-- name: cli_now
+SELECT now();
+
+-- name: cli_stage_counts
+SELECT stage, queued, processing, completed, failed, completed_last_5_min FROM pipeline_stage_counts;
+
+-- name: cli_sources
+-- One row per source with each stage's status and progress, newest activity first.
+SELECT p.source_id, p.name, p.path, p.state, p.progress, p.error, p.audio_duration_seconds,
+       p.created_at, p.updated_at,
+       coalesce((SELECT jsonb_object_agg(st.stage, jsonb_build_object('status', st.status,
+                                                                      'progress', st.progress))
+                   FROM audio_processing_stages st WHERE st.source_id = p.source_id), '{}'::jsonb) AS stages
+  FROM pipeline_status p
+ WHERE (%(ids)s::uuid[] IS NULL OR p.source_id = ANY(%(ids)s::uuid[]))
+ ORDER BY p.updated_at DESC, p.name
+ LIMIT %(limit)s;
+
+-- name: cli_source_stages
+-- A source's stage rows in pipeline order, with how long each ran.
+SELECT stage, status, progress, attempts, job_id, error_class, error, started_at, completed_at,
+       extract(epoch FROM completed_at - started_at)::float8 AS seconds, result
+  FROM audio_processing_stages
+ WHERE source_id = %(source_id)s
+ ORDER BY array_position(ARRAY['extraction', 'transcription', 'diarization', 'summarization'], stage);
+
+-- name: cli_documents
+SELECT content_type, processed_content, raw_content, language, whisper_model_used
+  FROM expert_documents
+ WHERE source_id = %(source_id)s AND content_type IN ('transcript', 'summary');
+
+-- name: cli_jobs
+-- Stage rows across sources, filtered by status and stage (NULL means any).
+SELECT st.source_id, src.name, st.stage, st.status, st.progress, st.attempts, st.job_id, j.status AS job_status,
+       st.error_class, st.error, st.started_at, st.completed_at,
+       extract(epoch FROM st.completed_at - st.started_at)::float8 AS seconds, st.updated_at
+  FROM audio_processing_stages st
+  JOIN sources_google src ON src.id = st.source_id
+  LEFT JOIN procrastinate_jobs j ON j.id::text = st.job_id
+ WHERE (%(status)s::text IS NULL OR st.status = %(status)s)
+   AND (%(stage)s::text IS NULL OR st.stage = %(stage)s)
+ ORDER BY st.updated_at DESC
+ LIMIT %(limit)s;
+
+-- name: cli_dead_letter
+SELECT stage_id, source_id, source_name, path, stage, error_class, error, attempts, job_id, failed_at
+  FROM dead_letter;
+
+-- name: cli_dead_letter_sources
+SELECT DISTINCT source_id FROM dead_letter;
+
+-- name: cli_diarization_result
+SELECT result -> 'diarization' AS diarization
+  FROM audio_processing_stages
+ WHERE source_id = %(source_id)s AND stage = 'diarization' AND status = 'completed';
+
+-- name: cli_live_workers
+-- Workers whose heartbeat is recent, and stage jobs finished in the last minute.
+SELECT (SELECT count(*) FROM procrastinate_workers
+         WHERE last_heartbeat > now() - make_interval(secs => %(stalled_after)s)) AS workers,
+       (SELECT count(*) FROM procrastinate_events
+         WHERE type IN ('succeeded', 'failed') AND at > now() - interval '1 minute') AS jobs_last_minute;
+
+-- name: lock_content_hash
+-- Serialise adding the same content from two processes, so it becomes one source.
+SELECT pg_advisory_xact_lock(hashtextextended(%(content_hash)s, 0));
+
+-- name: listen_stages
+LISTEN dhgq_stages;
+
+-- name: cli_next_retry_in
+-- Seconds until the source's next waiting job may run (a retry backs off); NULL when none waits.
+SELECT extract(epoch FROM min(coalesce(j.scheduled_at, now())) - now())::float8
+  FROM audio_processing_stages st
+  JOIN procrastinate_jobs j ON j.id::text = st.job_id
+ WHERE st.source_id = %(source_id)s AND j.status = 'todo';

@@ -1,0 +1,212 @@
+"""What the queue looks like at one moment, read in one go: the monitor's and ``dhgq status``'s model.
+
+Plain frozen dataclasses built by pure fetch functions on a connection, so widgets only render
+them and tests can build them by hand (with a fixed ``taken_at`` as the clock).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from dhgq.media.export import display_speaker, labelled_segments, merge_turns
+from dhgq.media.serialize import diarization_from_dict, transcript_from_dict
+from dhgq.media.types import Diarization, Summary, Transcript
+from dhgq.queries import query
+from dhgq.settings import STAGES
+
+
+@dataclass(frozen=True)
+class StageCount:
+    stage: str
+    queued: int = 0
+    processing: int = 0
+    completed: int = 0
+    failed: int = 0
+    completed_last_5_min: int = 0
+
+
+@dataclass(frozen=True)
+class StageState:
+    status: str
+    progress: float = 0.0
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    source_id: str
+    name: str
+    state: str
+    progress: float
+    stages: dict[str, StageState] = field(default_factory=dict)
+    error: str | None = None
+    path: str = ""
+    duration_seconds: float | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    taken_at: datetime
+    stages: tuple[StageCount, ...]
+    sources: tuple[SourceRow, ...]
+    workers: int = 0
+    jobs_last_minute: int = 0
+
+
+@dataclass(frozen=True)
+class StageRow:
+    stage: str
+    status: str
+    progress: float = 0.0
+    attempts: int = 0
+    error_class: str | None = None
+    error: str | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    seconds: float | None = None
+    job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Line:
+    """One speaker turn of a transcript excerpt."""
+
+    start: float
+    speaker: str | None
+    text: str
+
+
+@dataclass(frozen=True)
+class SourceDetail:
+    source: SourceRow
+    stages: tuple[StageRow, ...]
+    excerpt: tuple[Line, ...] = ()
+    summary: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Documents:
+    transcript: Transcript | None
+    diarization: Diarization | None
+    summary: Summary | None
+
+
+def fetch_snapshot(
+    conn: psycopg.Connection, *, limit: int = 500, stalled_after: float = 30.0
+) -> QueueSnapshot:
+    """Stage counts, every source's stages (newest first), live workers and recent throughput."""
+    cur = conn.cursor(row_factory=dict_row)
+    taken_at = conn.execute(query("cli_now")).fetchone()[0]
+    stages = tuple(StageCount(**row) for row in cur.execute(query("cli_stage_counts")))
+    sources = tuple(
+        _source_row(row) for row in cur.execute(query("cli_sources"), {"ids": None, "limit": limit})
+    )
+    live = cur.execute(query("cli_live_workers"), {"stalled_after": stalled_after}).fetchone()
+    return QueueSnapshot(taken_at, stages, sources, int(live["workers"]), int(live["jobs_last_minute"]))
+
+
+def fetch_sources(conn: psycopg.Connection, ids: list[str]) -> list[SourceRow]:
+    cur = conn.cursor(row_factory=dict_row)
+    return [_source_row(row) for row in cur.execute(query("cli_sources"), {"ids": ids, "limit": len(ids)})]
+
+
+def fetch_stages(conn: psycopg.Connection, source_id: str) -> tuple[StageRow, ...]:
+    cur = conn.cursor(row_factory=dict_row)
+    rows = cur.execute(query("cli_source_stages"), {"source_id": source_id}).fetchall()
+    return tuple(
+        StageRow(
+            stage=r["stage"],
+            status=r["status"],
+            progress=float(r["progress"] or 0),
+            attempts=r["attempts"] or 0,
+            error_class=r["error_class"],
+            error=r["error"],
+            started_at=r["started_at"],
+            completed_at=r["completed_at"],
+            seconds=r["seconds"],
+            job_id=r["job_id"],
+        )
+        for r in rows
+    )
+
+
+def fetch_documents(conn: psycopg.Connection, source_id: str) -> Documents:
+    """The transcript (speaker-labelled once the fan-in ran), the diarization and the summary."""
+    cur = conn.cursor(row_factory=dict_row)
+    docs = {r["content_type"]: r for r in cur.execute(query("cli_documents"), {"source_id": source_id})}
+    transcript = docs.get("transcript")
+    summary = docs.get("summary")
+    turns = cur.execute(query("cli_diarization_result"), {"source_id": source_id}).fetchone()
+    return Documents(
+        transcript_from_dict(transcript["processed_content"])
+        if transcript and transcript["processed_content"]
+        else None,
+        diarization_from_dict(turns["diarization"]) if turns and turns["diarization"] else None,
+        _summary(summary["processed_content"]) if summary and summary["processed_content"] else None,
+    )
+
+
+def fetch_detail(conn: psycopg.Connection, source_id: str, *, turns: int = 6) -> SourceDetail | None:
+    """One source's stage rows, the start of its transcript by speaker, and its summary."""
+    sources = fetch_sources(conn, [source_id])
+    if not sources:
+        return None
+    documents = fetch_documents(conn, source_id)
+    return SourceDetail(
+        sources[0], fetch_stages(conn, source_id), excerpt(documents, turns), _summary_dict(documents.summary)
+    )
+
+
+def excerpt(documents: Documents, turns: int = 6) -> tuple[Line, ...]:
+    if documents.transcript is None:
+        return ()
+    merged = merge_turns(labelled_segments(documents.transcript, documents.diarization))
+    return tuple(Line(round(t.start, 2), display_speaker(t.speaker), t.text) for t in merged[:turns])
+
+
+def _summary(content: dict[str, Any]) -> Summary:
+    return Summary(
+        summary=content.get("summary", ""),
+        key_points=list(content.get("key_points", [])),
+        topics=list(content.get("topics", [])),
+        document_type=content.get("document_type", ""),
+        method=content.get("method", ""),
+        details=dict(content.get("details", {})),
+    )
+
+
+def _summary_dict(summary: Summary | None) -> dict[str, Any] | None:
+    if summary is None:
+        return None
+    return {
+        "summary": summary.summary,
+        "key_points": summary.key_points,
+        "topics": summary.topics,
+        "document_type": summary.document_type,
+        "method": summary.method,
+    }
+
+
+def _source_row(row: dict[str, Any]) -> SourceRow:
+    stages = {
+        name: StageState(s["status"], float(s["progress"] or 0))
+        for name, s in (row.get("stages") or {}).items()
+    }
+    ordered: dict[str, StageState] = {name: stages[name] for name in STAGES if name in stages}
+    duration = row.get("audio_duration_seconds")
+    return SourceRow(
+        source_id=str(row["source_id"]),
+        name=row["name"],
+        state=row["state"],
+        progress=float(row["progress"] or 0),
+        stages=ordered,
+        error=row.get("error"),
+        path=row.get("path") or "",
+        duration_seconds=float(duration) if duration is not None else None,
+        updated_at=row.get("updated_at"),
+    )

@@ -1,0 +1,27 @@
+"""The top line: snapshot time, live workers, jobs per minute, the database (password masked)."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from dhgq.tui.snapshot import QueueSnapshot
+
+
+class StatusHeader(Static):
+    def __init__(self, database: str, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.database = database
+        self.problem: str | None = None
+
+    def show(self, snapshot: QueueSnapshot | None, problem: str | None = None) -> None:
+        """Time, workers and throughput first, so a narrow terminal cuts the URL, not the numbers."""
+        line = Text("dhgq ", style="bold")
+        if snapshot is not None:
+            line.append(f"{snapshot.taken_at:%H:%M:%S}", style="dim")
+            line.append(f"  workers {snapshot.workers}", style="green" if snapshot.workers else "red")
+            line.append(f"  {snapshot.jobs_last_minute} jobs/min  ")
+        if problem:
+            line.append(f"! {problem}  ", style="bold red")
+        line.append(self.database)
+        self.update(line)
