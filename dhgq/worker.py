@@ -38,6 +38,7 @@ async def _run(settings: Settings, url: str, queues: list[Stage], once: bool, co
     resources = Resources(settings, pool)
     try:
         with app.replace_connector(connector_for(url)) as bound:
+            bound.perform_import_paths()
             async with bound.open_async():
                 if warm:
                     asyncio.get_running_loop().run_in_executor(None, _warm, resources, queues)
