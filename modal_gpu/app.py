@@ -33,7 +33,7 @@ import modal
 from dhgq.errors import PermanentError, TransientError
 from dhgq.media.chunking import split_at_silences, stitch_chunks
 from dhgq.media.serialize import diarization_to_dict, transcript_from_dict, transcript_to_dict
-from dhgq.media.types import Diarization, Segment, SpeakerTurn, Transcript, Word
+from dhgq.media.types import Segment, Transcript, Word
 
 APP_NAME = "dhgq-gpu"
 GPU = os.environ.get("DHGQ_MODAL_GPU", "A10G")
@@ -205,64 +205,13 @@ def run_transcription(engine: Any, audio: bytes | str, language: str | None) -> 
     }
 
 
-def load_pyannote(token: str | None) -> Any:
-    """pyannote's speaker-diarization-3.1 at a pinned revision, on the GPU when there is one."""
-    import torch
-    from pyannote.audio import Pipeline
-
-    if not token:
-        raise PermanentError("pyannote's weights are gated: put HF_TOKEN in the dhgq-huggingface secret")
-    pipeline = Pipeline.from_pretrained(f"{PYANNOTE_PIPELINE}@{PYANNOTE_REVISION}", use_auth_token=token)
-    if pipeline is None:
-        raise PermanentError(f"cannot load {PYANNOTE_PIPELINE}: accept its conditions on Hugging Face")
-    if torch.cuda.is_available():
-        pipeline.to(torch.device("cuda"))
-    return pipeline
-
-
-class PyannoteDiarizer:
-    """The ``DiarizationEngine`` interface over a pyannote pipeline."""
-
-    engine = "pyannote"
-
-    def __init__(self, pipeline: Any) -> None:
-        self.pipeline = pipeline
-
-    def diarize(
-        self,
-        wav_path: Path,
-        *,
-        num_speakers: int | None = None,
-        min_speakers: int | None = None,
-        max_speakers: int | None = None,
-    ) -> Diarization:
-        import soundfile as sf
-        import torch
-
-        samples, rate = sf.read(str(wav_path), dtype="float32", always_2d=True)
-        waveform = torch.from_numpy(samples.mean(axis=1)[None, :])
-        annotation, embeddings = self.pipeline(
-            {"waveform": waveform, "sample_rate": rate},
-            num_speakers=num_speakers,
-            min_speakers=min_speakers,
-            max_speakers=max_speakers,
-            return_embeddings=True,
-        )
-        turns = [
-            SpeakerTurn(start=float(seg.start), end=float(seg.end), speaker=str(label))
-            for seg, _, label in annotation.itertracks(yield_label=True)
-        ]
-        speakers = [str(label) for label in annotation.labels()]
-        vectors = {s: [float(x) for x in vector] for s, vector in zip(speakers, embeddings, strict=False)}
-        return Diarization(turns=turns, speakers=speakers, embeddings=vectors, engine=self.engine)
-
-
 def load_diarization_engine(engine: str) -> Any:
-    """pyannote (needs HF_TOKEN) or any engine of ``dhgq.media.diarization`` (local runs)."""
-    if engine == PyannoteDiarizer.engine:
-        return PyannoteDiarizer(load_pyannote(os.environ.get("HF_TOKEN")))
-    from dhgq.media.diarization import load_diarizer
+    """A ``dhgq.media.diarization`` engine; pyannote at its pinned revision, with the secret's token."""
+    from dhgq.media.diarization import PyannoteEngine, load_diarizer
 
+    if engine == PyannoteEngine.name:
+        pinned = f"{PYANNOTE_PIPELINE}@{PYANNOTE_REVISION}"
+        return PyannoteEngine(hf_token=os.environ.get("HF_TOKEN"), model=pinned)
     return load_diarizer(engine)
 
 

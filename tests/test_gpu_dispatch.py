@@ -187,6 +187,10 @@ def test_modal_backend_round_trip_in_process(modal_in_process: list[str], dialog
     assert modal_in_process[-1] == "Transcriber" and info["chunks"] == 1
     assert "pipeline" in transcript.text.lower()
 
+    diarization, info = short.diarize(dialogue_wav, num_speakers=2)
+    assert modal_in_process[-1] == "Diarizer" and len(diarization.speakers) == 2
+    assert info["backend"] == "modal" and info["model"] == "local" and info["device"] == "cpu"
+
 
 @pytest.fixture(scope="module")
 def dialogue_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -202,3 +206,6 @@ def test_local_backend_returns_run_metadata(dialogue_wav: Path) -> None:
     assert "pipeline" in transcript.text.lower()
     assert info["backend"] == "local" and info["gpu"] is None and info["model"] == "tiny.en"
     assert info["duration_s"] > 0
+
+    diarization, info = backend.diarize(dialogue_wav, num_speakers=2)
+    assert len(diarization.speakers) == 2 and info["backend"] == "local" and info["engine"] == "local"
