@@ -120,6 +120,8 @@ class EmbeddedServer:
             user = _service_user()
             if not (self.data_dir / "PG_VERSION").exists():
                 self._initdb(user)
+            elif user is not None:
+                _make_traversable(self.root, user)  # a parent's mode may have changed since initdb
             previous = (self._read_state() or {}).get("port")
             port = previous if previous and not _port_open(previous) else _free_port()
             self._run(
@@ -140,8 +142,11 @@ class EmbeddedServer:
         with self._lock():
             if self.status() is None:
                 return False
+            user = _service_user()
+            if user is not None:
+                _make_traversable(self.root, user)
             self._run([str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w"],
-                      _service_user(), "stop the embedded PostgreSQL server")
+                      user, "stop the embedded PostgreSQL server")
             return True
 
     def _initdb(self, user: pwd.struct_passwd | None) -> None:

@@ -136,12 +136,12 @@ def test_database_restart_mid_run(tmp_path: Path, talk: Path) -> None:
         for source_id in sources:
             wait_for(lambda s=source_id: stage_statuses(url, s).get("summarization") == "completed", 300,
                      "pipelines to complete after the restart", interval=0.5)
+        for source_id in sources:
+            assert_complete_once(url, source_id)
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
         server.stop()
-    for source_id in sources:
-        assert_complete_once(url, source_id)
 
 
 def test_hundred_sources_in_one_statement(db_url: str, tmp_path: Path) -> None:
