@@ -152,7 +152,9 @@ def show(detail: SourceDetail, wall: float) -> None:
             speaker = f"{line.speaker}: " if line.speaker else ""
             stdout.print(f"[{timestamp(line.start)}] {speaker}{line.text}", highlight=False, markup=False)
     if detail.summary:
-        stdout.print("\n[bold]Summary[/bold]")
+        method = detail.summary.get("method", "")
+        label = "extractive, offline: set DHGQ_ANTHROPIC_API_KEY for Claude" if method == "extractive" else method
+        stdout.print(f"\n[bold]Summary[/bold] ({label})", highlight=False)
         stdout.print(detail.summary["summary"], highlight=False, markup=False)
         for point in detail.summary.get("key_points", []):
             stdout.print(f"  - {point}", highlight=False, markup=False)

