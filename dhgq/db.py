@@ -18,7 +18,7 @@ def database_url(settings: Settings, *, start: bool = True) -> str:
     """The configured database, or the embedded server's (started here when needed)."""
     if settings.database_url is not None:
         return settings.database_url.get_secret_value()
-    server = EmbeddedServer(settings.home)
+    server = EmbeddedServer(settings.home, settings.pg_bin_dir)
     info = server.start() if start else server.status()
     if info is None:
         raise DatabaseUnavailable("the embedded PostgreSQL server is not running (dhgq db start)")

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     home: Path = Field(default_factory=lambda: Path(user_data_dir("dhgq")))
     db_connect_timeout: float = 10.0
+    pg_bin_dir: Path | None = Field(None, description="PostgreSQL binaries for the embedded server")
 
     # Files
     storage_root: Path | None = None

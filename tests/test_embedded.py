@@ -40,3 +40,20 @@ def test_bad_database_url_is_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1, result.stderr
     assert "db.invalid.example" in lines[0] and "Traceback" not in result.stderr
     assert "s3cret" not in result.stderr + result.stdout
+
+
+def test_self_contained_server_wheel_works(tmp_path: Path) -> None:
+    """Where the machine has no PostgreSQL, the binaries of the pgserver wheel serve instead."""
+    from dhgq import migrations
+    from dhgq.embedded import EmbeddedServer, _pgserver_bin_dir
+
+    bin_dir = _pgserver_bin_dir()
+    assert bin_dir is not None, "the pgserver wheel is a dependency of dhgq"
+    server = EmbeddedServer(tmp_path, bin_dir)
+    info = server.start()
+    try:
+        assert migrations.migrate(info.url())
+        with psycopg.connect(info.url()) as conn:
+            assert conn.execute("SELECT count(*) FROM pipeline_stage_counts").fetchone() == (4,)
+    finally:
+        assert server.stop()

@@ -16,7 +16,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts
 
 
 def _server(ctx: typer.Context) -> EmbeddedServer:
-    return EmbeddedServer(settings_of(ctx).home)
+    settings = settings_of(ctx)
+    return EmbeddedServer(settings.home, settings.pg_bin_dir)
 
 
 @app.command()
