@@ -1,0 +1,31 @@
+"""The benchmark harness runs end to end at tiny sizes (figures are not checked: benchmarks are not tests)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.infra import redis_missing
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_smoke_run_writes_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "benchmarks.md"
+    command = [sys.executable, "-m", "bench", "--smoke", "--only", "queue,dispatch", "--out", str(out)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = out.read_text()
+    for heading in ("## Machine", "## Queue overhead", "## Dispatch latency", "## Media stages", "## Scale"):
+        assert heading in report
+    assert "| dhgq (stage rows, triggers, fan-in) |" in report
+    assert "| plain Procrastinate (no stage rows) |" in report
+    assert "pgbench ceiling" in report
+    assert "stage commit → next stage start p50" in report
+    assert "_Not run this time" in report  # media and scale were left out
+    missing = redis_missing()
+    if missing is None:
+        assert "| BullMQ + PostgreSQL status UPSERTs (seeds) | skipped" not in report
+    else:
+        assert f"skipped: {missing}" in report
