@@ -45,13 +45,14 @@ def cluster_embeddings(
     min_clusters: int = 1,
     max_clusters: int | None = None,
     refine: int = 0,
+    min_cluster_fraction: float = 0.1,
 ) -> np.ndarray:
     """Cluster label (0..k-1) of each embedding; the count is found by the threshold unless bounded."""
     count = len(embeddings)
     if count < 2:
         return np.zeros(count, dtype=int)
     unit = _unit(embeddings)
-    min_size = min(min_cluster_size, max(1, round(0.1 * count)))
+    min_size = min(min_cluster_size, max(1, round(min_cluster_fraction * count)))
     tree = linkage(unit, method="centroid", metric="euclidean")
     clusters = fcluster(tree, threshold, criterion="distance") - 1
     found = _num_large(clusters, min_size)

@@ -54,22 +54,29 @@ def resegment(
     chosen = [np.arange(s, min(s + span, len(frame_index))) for s in starts]
     chosen = [c[single[c]] for c in chosen]
     chosen = [c for c in chosen if len(c) >= min_fill * span]
-    if len(chosen) < speakers:
+    if len(chosen) < 2 * min_windows:
         return binary
     embeddings = _unit(pool(chosen))
     labels = np.array([np.bincount(first[c], minlength=speakers).argmax() for c in chosen])
-    for _ in range(iterations):
-        if np.bincount(labels, minlength=speakers).min() < min_windows:
-            return binary  # a speaker would have no short embeddings: keep the first pass
-        centroids = _unit(np.stack([embeddings[labels == k].mean(axis=0) for k in range(speakers)]))
-        similarity = embeddings @ centroids.T
-        labels = similarity.argmax(axis=1)
+    present = np.nonzero(np.bincount(labels, minlength=speakers) >= min_windows)[0]
+    if len(present) < 2:
+        return binary  # fewer than two speakers talk alone long enough to compare
+    for _ in range(iterations):  # k-means on the short embeddings, from the first pass's labels
+        centroids = _unit(np.stack([embeddings[labels == k].mean(axis=0) for k in present]))
+        updated = present[(embeddings @ centroids.T).argmax(axis=1)]
+        if np.bincount(updated, minlength=speakers)[present].min() < min_windows:
+            break  # a speaker would lose its short embeddings: keep the last labels
+        labels = updated
+    centroids = _unit(np.stack([embeddings[labels == k].mean(axis=0) for k in present]))
+    similarity = np.full((len(chosen), speakers), -1.0)
+    similarity[:, present] = embeddings @ centroids.T
     votes = np.zeros((len(frame_index), speakers))
     for c, sim in zip(chosen, similarity, strict=True):
         votes[c] += sim
     feature_of_frame = nearest(frame_times, feature_times)
     frame_votes = votes[feature_of_frame]
-    relabel = (binary.sum(axis=1) == 1) & (np.abs(frame_votes).sum(axis=1) > 0)
+    relabel = (binary.sum(axis=1) == 1) & (frame_votes.any(axis=1))
     out = binary.copy()
     out[relabel] = np.eye(speakers)[frame_votes[relabel].argmax(axis=1)]
     return out
+
