@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -115,6 +116,10 @@ def _scale(args: argparse.Namespace, pg: Postgres, workdir: Path) -> Section:
     return scale.run_section(pg, workdir, args.scale_n, args.scale_timeout)[0]
 
 
+def _load(values: tuple[float, float, float]) -> str:
+    return ", ".join(f"{value:.1f}" for value in values)
+
+
 def command_line(argv: list[str]) -> str:
     return " ".join(["python -m bench", *argv])
 
@@ -125,10 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     workdir = Path(tempfile.mkdtemp(prefix="dhgq-bench-"))
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load_before = os.getloadavg()
     try:
         with postgres(workdir / "home") as pg:
             machine = describe(pg.admin_url())
             sections, ok = run(args, pg, workdir)
+        machine.append(("load average (1, 5, 15 min) at start → end",
+                        f"{_load(load_before)} → {_load(os.getloadavg())} (other work on the machine "
+                        "shares the cores with the run)"))
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -68,10 +68,10 @@ class Tracker:
         now = time.perf_counter()
         with self._lock:
             pipeline = self.pipelines.get(key)
-            if pipeline is None or pipeline.finished is not None:
+            if pipeline is None:
                 return
-            pipeline.completed[stage] = now
-            if not self.terminal <= pipeline.completed.keys():
+            pipeline.completed.setdefault(stage, now)
+            if pipeline.finished is not None or not self.terminal <= pipeline.completed.keys():
                 return
             pipeline.finished = now
         assert self._loop is not None, "Tracker.bind() was not called"
