@@ -7,7 +7,6 @@ recordings of ../shared/testdata/real-speech, scored with pyannote.metrics as th
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +52,49 @@ def test_quiet_audio_is_brought_to_speech_level_without_clipping() -> None:
     assert 20 * np.log10(np.sqrt(np.mean(louder**2))) > -25
     assert np.max(np.abs(louder)) < 1.0
     assert np.array_equal(normalise_loudness(np.zeros(100, np.float32)), np.zeros(100, np.float32))
+
+
+def test_filterbank_matches_senkos_extractor() -> None:
+    """The torch port agrees with senko's C filterbank (which only takes ~1.5 s sub-segments)."""
+    import ctypes
+
+    from senko import config
+
+    from dhgq.media.diarizer_models import SpeakerEmbedder
+
+    class Features(ctypes.Structure):
+        _fields_ = [("data", ctypes.POINTER(ctypes.c_float)),
+                    ("frames_per_subsegment", ctypes.POINTER(ctypes.c_size_t)),
+                    ("subsegment_offsets", ctypes.POINTER(ctypes.c_size_t)),
+                    ("num_subsegments", ctypes.c_size_t), ("total_frames", ctypes.c_size_t),
+                    ("feature_dim", ctypes.c_size_t)]
+
+    lib = ctypes.CDLL(config.get_fbank_lib_path())
+    lib.create_fbank_extractor.restype = ctypes.c_void_p
+    lib.destroy_fbank_extractor.argtypes = [ctypes.c_void_p]
+    floats = ctypes.POINTER(ctypes.c_float)
+    lib.extract_fbank_features_from_memory.argtypes = [ctypes.c_void_p, floats, ctypes.c_size_t, floats,
+                                                       ctypes.c_size_t]
+    lib.extract_fbank_features_from_memory.restype = Features
+    lib.free_fbank_features.argtypes = [ctypes.POINTER(Features)]
+
+    rng = np.random.default_rng(3)
+    t = np.arange(16000 * 3) / 16000
+    audio = (0.3 * np.sin(2 * np.pi * 180 * t * (1 + 0.2 * t)) + 0.02 * rng.standard_normal(len(t)))
+    audio = np.ascontiguousarray(audio, dtype=np.float32)
+    span = np.array([1.0, 2.45], dtype=np.float32)
+    extractor = lib.create_fbank_extractor()
+    try:
+        out = lib.extract_fbank_features_from_memory(extractor, audio.ctypes.data_as(floats), len(audio),
+                                                     span.ctypes.data_as(floats), 1)
+        theirs = np.ctypeslib.as_array(out.data, shape=(out.total_frames * 80,)).copy().reshape(-1, 80)
+        lib.free_fbank_features(ctypes.byref(out))
+    finally:
+        lib.destroy_fbank_extractor(extractor)
+    ours = SpeakerEmbedder().fbank(audio[16000:int(2.45 * 16000)]).numpy()
+    ours -= ours.mean(axis=0)  # senko's extractor subtracts each sub-segment's mean
+    assert ours.shape == theirs.shape
+    assert np.abs(ours - theirs).max() < 1e-3
 
 
 # -- clustering and resegmentation -----------------------------------------------------------------
@@ -201,15 +243,12 @@ def test_loader_is_cached_and_warm(diarizer: DiarizationEngine) -> None:
 
 @pytest.mark.slow
 def test_two_speaker_dialogue(diarizer: DiarizationEngine, two_speakers: Reference, tmp_path: Path) -> None:
-    started = time.perf_counter()
     result = diarizer.diarize(two_speakers.audio)
-    speed = sf.info(str(two_speakers.audio)).duration / (time.perf_counter() - started)
 
     assert result.speakers == ["SPEAKER_1", "SPEAKER_2"] and result.engine == "local"
     assert _score(two_speakers, result, tmp_path) <= 0.05
     assert set(result.embeddings) == set(result.speakers) and len(result.embeddings["SPEAKER_1"]) == 192
     assert all(t.end > t.start for t in result.turns)
-    assert speed >= 1  # ~45x on an idle 2-core CPU; a shared machine's load makes any tighter bound flaky
 
 
 @pytest.mark.slow

@@ -207,12 +207,20 @@ class SpeakerEmbedder:
         self._banks = _mel_banks()
         self._window = (0.5 - 0.5 * torch.cos(2 * math.pi * torch.arange(400) / 399)) ** 0.85
 
-    def fbank(self, audio: np.ndarray) -> torch.Tensor:
-        """Log-mel filterbank (frames, 80) of 16 kHz audio, not mean-normalised; 25 ms / 10 ms."""
+    def fbank(self, audio: np.ndarray, chunk_frames: int = 30000) -> torch.Tensor:
+        """Log-mel filterbank (frames, 80) of 16 kHz audio, not mean-normalised; 25 ms / 10 ms.
+
+        Computed ``chunk_frames`` (5 minutes) at a time: the framed signal and its spectrum of
+        a long recording would otherwise need gigabytes at once.
+        """
         wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
         if len(wave) < 400:
             wave = F.pad(wave, (0, 400 - len(wave)))
-        frames = wave.unfold(0, 400, 160)
+        frames = wave.unfold(0, 400, 160)  # a view: no copy yet
+        return torch.cat([self._log_mel(frames[first:first + chunk_frames])
+                          for first in range(0, len(frames), chunk_frames)])
+
+    def _log_mel(self, frames: torch.Tensor) -> torch.Tensor:
         frames = frames - frames.mean(dim=1, keepdim=True)
         frames = torch.cat([frames[:, :1] * 0.03, frames[:, 1:] - 0.97 * frames[:, :-1]], dim=1)
         power = torch.fft.rfft(frames * self._window, n=512).abs() ** 2
