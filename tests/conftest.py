@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,8 +26,11 @@ _counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def pg_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("pg-home")
+def pg_home() -> Iterator[Path]:
+    """Outside pytest's numbered temp dirs, which another pytest session may clean up under us."""
+    home = Path(tempfile.mkdtemp(prefix="dhgq-test-pg-"))
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
