@@ -46,7 +46,7 @@ def mask_url(url: str) -> str:
         user = parts.get("user", "")
         auth = f"{user}:***@" if "password" in parts else (f"{user}@" if user else "")
         return f"postgresql://{auth}{describe_host(url)}"
-    return make_conninfo(**parts)
+    return make_conninfo("", **parts)
 
 
 def connect(url: str, *, autocommit: bool = False, timeout: float = 10.0) -> psycopg.Connection:

@@ -20,7 +20,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from dhgq.errors import DhgqError, TransientError, classify
+from dhgq.errors import DhgqError, PermanentError, TransientError, classify
 from dhgq.queries import query
 from dhgq.runner import ModelPool
 from dhgq.settings import Settings, Stage
@@ -39,6 +39,12 @@ class Source:
     mime_type: str | None
     wav_path: str | None
     duration: float | None
+
+    def extracted_audio(self) -> str:
+        """The 16 kHz WAV the GPU stages work on; extraction must have produced it."""
+        if not self.wav_path:
+            raise PermanentError("no extracted audio: extraction has not completed", file=self.path)
+        return self.wav_path
 
 
 @dataclass

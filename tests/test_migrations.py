@@ -75,7 +75,8 @@ def test_stage_checks_and_indexes(conn: psycopg.Connection) -> None:
                 (source, stage, status),
             )
     indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename='audio_processing_stages'")}
-    assert {"idx_processing_stages_source_id", "idx_processing_stages_job_id", "idx_processing_stages_status"} <= indexes
+    expected = {"idx_processing_stages_source_id", "idx_processing_stages_job_id", "idx_processing_stages_status"}
+    assert expected <= indexes
 
 
 def test_procrastinate_version_recorded(conn: psycopg.Connection) -> None:

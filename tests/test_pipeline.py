@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import uuid
 from pathlib import Path
 
 import psycopg
@@ -14,8 +12,16 @@ import pytest
 from dhgq import migrations
 from dhgq.embedded import EmbeddedServer
 from tests.support.fake_anthropic import fake_anthropic_server
-from tests.support.pipeline import (insert_source, rows, run_once, scalar, stage_statuses, start_worker,
-                                    wait_for, worker_env)
+from tests.support.pipeline import (
+    insert_source,
+    rows,
+    run_once,
+    scalar,
+    stage_statuses,
+    start_worker,
+    wait_for,
+    worker_env,
+)
 from tests.support.speech import TWO_SPEAKER_SCRIPT, dialogue, to_mp4
 
 STAGES = {"extraction", "transcription", "diarization", "summarization"}

@@ -9,7 +9,6 @@ from procrastinate import JobContext
 from psycopg.types.json import Jsonb
 
 from dhgq.app import app, retry_strategy
-from dhgq.errors import PermanentError
 from dhgq.media.serialize import diarization_to_dict
 from dhgq.media.types import Diarization
 from dhgq.pipeline import Resources, Source, StageJob, StageSpec, report_progress, run_stage
@@ -19,11 +18,10 @@ from dhgq.tasks.fanin import after_transcription_or_diarization
 
 
 def work(resources: Resources, source: Source, job: StageJob) -> tuple[Diarization, dict[str, Any]]:
-    if not source.wav_path:
-        raise PermanentError("no extracted audio: extraction has not completed", file=source.path)
+    wav_path = source.extracted_audio()
     report_progress(resources, job, 5)
     return resources.host("diarization").call(
-        "dhgq.engines:diarize", resources.settings.stage_timeout(source.duration), wav_path=source.wav_path)
+        "dhgq.engines:diarize", resources.settings.stage_timeout(source.duration), wav_path=wav_path)
 
 
 def save(conn: psycopg.Connection, source: Source, output: tuple[Diarization, dict[str, Any]]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from dhgq.errors import PermanentError
 from dhgq.media.serialize import diarization_from_dict, transcript_from_dict, transcript_to_dict
 from dhgq.media.speakers import assign_speakers
 from dhgq.pipeline import Source, enqueue
@@ -33,6 +34,8 @@ def merge_speakers(conn: psycopg.Connection, source: Source, diarization_result:
     """Label each transcript segment with its speaker and link the segment rows to the profiles."""
     cur = conn.cursor(row_factory=dict_row)
     document = cur.execute(query("document"), {"source_id": source.id, "content_type": "transcript"}).fetchone()
+    if document is None:
+        raise PermanentError("the transcript vanished before speakers could be assigned", file=source.path)
     transcript = transcript_from_dict(document["processed_content"])
     labelled = assign_speakers(transcript, diarization_from_dict(diarization_result["diarization"]))
     conn.execute(query("update_document_content"),

@@ -9,7 +9,6 @@ from procrastinate import JobContext
 from psycopg.types.json import Jsonb
 
 from dhgq.app import app, retry_strategy
-from dhgq.errors import PermanentError
 from dhgq.media.serialize import transcript_to_dict
 from dhgq.media.types import Transcript
 from dhgq.pipeline import Resources, Source, StageJob, StageSpec, report_progress, run_stage
@@ -19,21 +18,20 @@ from dhgq.tasks.fanin import after_transcription_or_diarization
 
 
 def work(resources: Resources, source: Source, job: StageJob) -> tuple[Transcript, dict[str, Any]]:
-    if not source.wav_path:
-        raise PermanentError("no extracted audio: extraction has not completed", file=source.path)
+    wav_path = source.extracted_audio()
     report_progress(resources, job, 5)
     return resources.host("transcription").call(
-        "dhgq.engines:transcribe", resources.settings.stage_timeout(source.duration), wav_path=source.wav_path)
+        "dhgq.engines:transcribe", resources.settings.stage_timeout(source.duration), wav_path=wav_path)
 
 
 def save(conn: psycopg.Connection, source: Source, output: tuple[Transcript, dict[str, Any]]) -> dict[str, Any]:
     transcript, run = output
     content = transcript_to_dict(transcript)
-    document_id = conn.execute(query("upsert_document"), {
+    document_id = _one(conn, query("upsert_document"), {
         "source_id": source.id, "content_type": "transcript", "raw_content": transcript.text,
         "processed_content": Jsonb(content), "word_count": len(transcript.text.split()),
         "language": transcript.language, "whisper_model_used": transcript.model,
-        "ai_processing_details": Jsonb({"engine": transcript.engine, **run})}).fetchone()[0]
+        "ai_processing_details": Jsonb({"engine": transcript.engine, **run})})
     conn.execute(query("delete_segments"), {"document_id": document_id})
     with conn.cursor() as cur:
         cur.executemany(query("insert_segment"), [
@@ -43,6 +41,12 @@ def save(conn: psycopg.Connection, source: Source, output: tuple[Transcript, dic
             for s in transcript.segments])
     return {"document_id": str(document_id), "segments": len(transcript.segments),
             "words": len(transcript.text.split()), "language": transcript.language, **run}
+
+
+def _one(conn: psycopg.Connection, sql: str, params: dict[str, Any]) -> Any:
+    row = conn.execute(sql, params).fetchone()
+    assert row is not None, "an upsert with RETURNING returns its row"
+    return row[0]
 
 
 SPEC = StageSpec("transcription", work, save, after_transcription_or_diarization, lock_with=("diarization",))
