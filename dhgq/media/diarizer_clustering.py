@@ -44,7 +44,6 @@ def cluster_embeddings(
     num_clusters: int | None = None,
     min_clusters: int = 1,
     max_clusters: int | None = None,
-    refine: int = 0,
     min_cluster_fraction: float = 0.1,
 ) -> np.ndarray:
     """Cluster label (0..k-1) of each embedding; the count is found by the threshold unless bounded."""
@@ -60,19 +59,7 @@ def cluster_embeddings(
     wanted = num_clusters or (min_clusters if found < min_clusters else upper if found > upper else None)
     if wanted is not None and wanted != found:
         clusters = _cut_for(tree, wanted, min_size, threshold)
-    return _refine(unit, _fold_small(unit, clusters, min_size), refine)
-
-
-def _refine(unit: np.ndarray, clusters: np.ndarray, iterations: int) -> np.ndarray:
-    """A few rounds of spherical k-means from the agglomerative result (count unchanged)."""
-    k = int(clusters.max()) + 1
-    for _ in range(iterations):
-        centroids = _unit(np.stack([unit[clusters == c].mean(axis=0) for c in range(k)]))
-        updated = (unit @ centroids.T).argmax(axis=1)
-        if len(np.unique(updated)) < k or np.array_equal(updated, clusters):
-            break
-        clusters = updated
-    return clusters
+    return _fold_small(unit, clusters, min_size)
 
 
 def _cut_for(tree: np.ndarray, wanted: int, min_size: int, threshold: float) -> np.ndarray:

@@ -42,7 +42,6 @@ class LocalDiarizerConfig:
     window_step: float = 1.0  # seconds between segmentation windows (pyannote: 10% of 10 s)
     threshold: float = 0.62  # centroid-linkage distance between unit embeddings (0.60-0.64 all fit)
     min_cluster_size: int = 12
-    refine: int = 0  # rounds of k-means after agglomerative clustering
     min_cluster_fraction: float = 0.1  # ...or this share of the seeds, whichever is smaller
     min_clean_ratio: float = 0.1  # share of a window a speaker must talk alone to seed clustering
     soft_scores: bool = True  # average speaker probabilities, not 0/1 decisions, over windows
@@ -117,7 +116,7 @@ class LocalDiarizer:
         labels = clustering.cluster_embeddings(
             embeddings[seeds], threshold=cfg.threshold, min_cluster_size=cfg.min_cluster_size,
             num_clusters=num_speakers, min_clusters=min_speakers or 1, max_clusters=max_speakers,
-            refine=cfg.refine, min_cluster_fraction=cfg.min_cluster_fraction,
+            min_cluster_fraction=cfg.min_cluster_fraction,
         )
         centroids = clustering.centroids_of(embeddings[seeds], labels)
         hard = clustering.assign_local_speakers(embeddings, active, centroids)
