@@ -348,7 +348,7 @@ def transcribe_long(
     model: str | None = None,
     language: str | None = None,
     engine: str = "openai-whisper",
-    max_chunk: float = 30.0,
+    max_chunk: float = 60.0,
 ) -> dict[str, Any]:
     """Long audio on many GPUs at once (at most ``max_containers``), stitched into one transcript."""
     transcriber = Transcriber(engine=engine, model=model or DEFAULT_WHISPER_MODEL)  # type: ignore[call-arg]

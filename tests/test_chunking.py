@@ -138,8 +138,8 @@ def test_split_and_stitch_matches_a_single_pass_on_a_five_minute_talk(
     total = sf.info(str(long_talk.audio)).duration
     assert total > 280
     single = engine.transcribe(long_talk.audio)
-    chunks = split_at_silences(long_talk.audio)
-    assert len(chunks) >= 10 and all(chunk.duration <= 30.0 + 1e-6 for chunk in chunks)
+    chunks = split_at_silences(long_talk.audio, max_chunk=60.0)
+    assert len(chunks) >= 5 and all(chunk.duration <= 60.0 + 1e-6 for chunk in chunks)
     pieces = [engine.transcribe(chunk.write(tmp_path / f"{i}.wav")) for i, chunk in enumerate(chunks)]
     stitched = stitch_chunks(chunks, pieces)
 
@@ -153,6 +153,6 @@ def test_split_and_stitch_matches_a_single_pass_on_a_five_minute_talk(
     reference = normalise(long_talk.words)
     single_wer = jiwer.wer(reference, normalise(single.text))
     stitched_wer = jiwer.wer(reference, normalise(stitched.text))
-    # Measured with tiny.en: single pass 5% against the script, stitched 10%; 6% apart.
-    assert stitched_wer <= single_wer + 0.08, (single_wer, stitched_wer)
-    assert jiwer.wer(normalise(single.text), normalise(stitched.text)) <= 0.10
+    # Measured with tiny.en and 60 s chunks: single pass 6.3% against the script, stitched 9.0%; 4.1% apart.
+    assert stitched_wer <= single_wer + 0.05, (single_wer, stitched_wer)
+    assert jiwer.wer(normalise(single.text), normalise(stitched.text)) <= 0.06
