@@ -119,12 +119,11 @@ def _claim(resources: Resources, job: StageJob) -> Source | None:
     """Mark the stage processing, or say why this job has nothing to do."""
     params = {"source_id": job.source_id, "stage": job.stage, "job_id": str(job.job_id), "attempt": job.attempt}
     try:
-        with resources.pool.connection() as conn, conn.transaction():
-            claimed = conn.execute(query("begin_stage"), params).fetchone()
-            row = conn.cursor(row_factory=dict_row).execute(query("source"), params).fetchone()
+        with resources.pool.connection() as conn:
+            row = conn.cursor(row_factory=dict_row).execute(query("begin_stage"), params).fetchone()
     except psycopg.OperationalError as exc:
         raise TransientError(f"database unavailable: {exc}", source_id=job.source_id, stage=job.stage) from None
-    if claimed is None or row is None:
+    if row is None:
         logger.info("nothing to do: the stage is done, cancelled or queued again", extra=job.log)
         return None
     duration = row["audio_duration_seconds"]

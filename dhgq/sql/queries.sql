@@ -2,13 +2,18 @@
 -- Schema changes never live here: they are migrations in supabase/migrations.
 
 -- name: begin_stage
--- Claim a queued stage for this job; no row back means the job is stale or was cancelled.
-UPDATE audio_processing_stages
-   SET status = 'processing', started_at = now(), completed_at = NULL, attempts = %(attempt)s,
-       progress = 0, error = NULL, error_class = NULL
- WHERE source_id = %(source_id)s AND stage = %(stage)s AND job_id = %(job_id)s
-   AND status IN ('queued', 'processing')
-RETURNING id;
+-- Claim a queued stage for this job and read its source, in one statement; no row back means the
+-- job is stale or was cancelled.
+WITH claimed AS (
+    UPDATE audio_processing_stages
+       SET status = 'processing', started_at = now(), completed_at = NULL, attempts = %(attempt)s,
+           progress = 0, error = NULL, error_class = NULL
+     WHERE source_id = %(source_id)s AND stage = %(stage)s AND job_id = %(job_id)s
+       AND status IN ('queued', 'processing')
+    RETURNING source_id
+)
+SELECT src.id, src.name, src.path, src.mime_type, src.audio_extraction_path, src.audio_duration_seconds
+  FROM claimed JOIN sources_google src ON src.id = claimed.source_id;
 
 -- name: stage_row
 SELECT status, job_id, attempts, result FROM audio_processing_stages
