@@ -15,10 +15,6 @@ WITH claimed AS (
 SELECT src.id, src.name, src.path, src.mime_type, src.audio_extraction_path, src.audio_duration_seconds
   FROM claimed JOIN sources_google src ON src.id = claimed.source_id;
 
--- name: stage_row
-SELECT status, job_id, attempts, result FROM audio_processing_stages
- WHERE source_id = %(source_id)s AND stage = %(stage)s;
-
 -- name: lock_stages
 -- Lock a source's stage rows in a fixed order, so concurrent completions serialise without deadlock.
 SELECT stage, status, job_id, result FROM audio_processing_stages
