@@ -53,10 +53,6 @@ SELECT dhgq_retry_source_v1(%(source_id)s);
 -- name: cancel_source
 SELECT dhgq_cancel_source_v1(%(source_id)s);
 
--- name: source
-SELECT id, name, path, mime_type, audio_extraction_path, audio_duration_seconds
-  FROM sources_google WHERE id = %(source_id)s;
-
 -- name: save_extraction
 UPDATE sources_google
    SET audio_extracted = true, audio_extraction_path = %(wav_path)s,
