@@ -18,6 +18,7 @@ import psycopg
 from bench import media_stages
 from bench.infra import Postgres, one
 from bench.report import Section, skipped, table, verdict
+from dhgq.migrations import migrate
 
 TITLE = "Media stages (local engines)"
 TARGET_OVERHEAD = 0.05
@@ -117,15 +118,16 @@ def _whole_pipeline(pg: Postgres, workdir: Path, talk: Path) -> str:
     out_dir = workdir / "media" / "script"
     started = time.perf_counter()
     script = subprocess.run([sys.executable, "-m", "bench.media_stages", str(talk), str(out_dir)],
-                            capture_output=True, text=True, cwd=REPO, env=_env({}))
+                            capture_output=True, text=True, cwd=REPO, env=worker_env({}))
     script_seconds = time.perf_counter() - started
     if script.returncode != 0:
         return f"Whole pipeline: skipped, the plain script failed: {_last_line(script.stderr)}.\n"
     script_stages = json.loads(script.stdout.strip().splitlines()[-1])["stages"]
     url = pg.database("media")
+    migrate(url)  # migrations added since the run began (the worker refuses a schema behind the code)
     with psycopg.connect(url, autocommit=True) as conn:
         source_id = one(conn, INSERT_SOURCE, (talk.name, str(talk)))[0]
-    env = _env({"DHGQ_DATABASE_URL": url, "DHGQ_HOME": str(workdir / "media" / "dhgq-home")})
+    env = worker_env({"DHGQ_DATABASE_URL": url, "DHGQ_HOME": str(workdir / "media" / "dhgq-home")})
     started = time.perf_counter()
     worker = subprocess.run([sys.executable, "-m", "dhgq", "worker", "--once"], capture_output=True,
                             text=True, cwd=REPO, env=env)
@@ -135,7 +137,7 @@ def _whole_pipeline(pg: Postgres, workdir: Path, talk: Path) -> str:
     failed = [f"{stage}: {status} {error or ''}".strip() for stage, status, error, _ in stages
               if status != "completed"]
     if worker.returncode != 0 or failed or len(stages) < 4:
-        reason = "; ".join(failed) or _last_line(worker.stderr) or f"only {len(stages)} stages ran"
+        reason = "; ".join([*failed, f"exit code {worker.returncode}: {_last_line(worker.stderr)}"])
         return (f"Whole pipeline: the plain script took {script_seconds:.1f} s; `dhgq worker --once` did not "
                 f"complete the pipeline ({reason}), so no overhead figure.\n")
     overhead = (worker_seconds - script_seconds) / script_seconds
@@ -154,7 +156,8 @@ def _whole_pipeline(pg: Postgres, workdir: Path, talk: Path) -> str:
     ])
 
 
-def _env(extra: dict[str, str]) -> dict[str, str]:
+def worker_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a dhgq process run by the bench: no DHGQ_* of the caller's, offline models."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DHGQ_", "ANTHROPIC_", "MODAL_"))}
     return env | {"HF_HUB_OFFLINE": "1", "DHGQ_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO)} | extra
 

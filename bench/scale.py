@@ -14,8 +14,9 @@ from typing import Any
 import psycopg
 
 from bench.infra import Postgres, one
-from bench.media import REPO, _env, make_talk
+from bench.media import REPO, make_talk, worker_env
 from bench.report import Section, skipped, table, verdict
+from dhgq.migrations import migrate
 
 TITLE = "Scale (two worker processes)"
 WORKERS = 2
@@ -65,11 +66,13 @@ def run_section(pg: Postgres, workdir: Path, count: int, timeout: float) -> tupl
     except Exception as exc:  # noqa: BLE001
         return skipped(TITLE, f"could not generate the clip: {exc}"), {}
     url = pg.database("scale")
+    migrate(url)  # migrations added since the run began (the worker refuses a schema behind the code)
     with psycopg.connect(url) as conn, conn.cursor() as cur:
         cur.executemany("INSERT INTO sources_google (name, path, mime_type) VALUES (%s, %s, 'video/mp4')",
                         [(f"clip-{i}.mp4", str(clip)) for i in range(count)])
-    env = _env({"DHGQ_DATABASE_URL": url, "DHGQ_HOME": str(workdir / "scale" / "dhgq-home")})
-    logs = [open(workdir / "scale" / f"worker{i}.log", "ab") for i in range(WORKERS)]
+    env = worker_env({"DHGQ_DATABASE_URL": url, "DHGQ_HOME": str(workdir / "scale" / "dhgq-home")})
+    log_paths = [workdir / "scale" / f"worker{i}.log" for i in range(WORKERS)]
+    logs = [open(path, "ab") for path in log_paths]
     workers = [subprocess.Popen([sys.executable, "-m", "dhgq", "worker"], cwd=REPO, env=env, stdout=log,
                                 stderr=log) for log in logs]
     samples = _watch(url, workers, count, timeout)
@@ -86,6 +89,9 @@ def run_section(pg: Postgres, workdir: Path, count: int, timeout: float) -> tupl
     with psycopg.connect(url, autocommit=True) as conn:
         done_at = [float(row[0]) for row in conn.execute(COMPLETIONS)]
         failed = one(conn, COUNT_DONE)[1]
+    if not done_at and samples and samples[-1].at < 60:
+        tail = log_paths[0].read_text(errors="replace").strip().splitlines()[-1:] or ["(empty log)"]
+        return skipped(TITLE, f"the workers exited at once: {tail[0][:300]}"), {}
     return Section(TITLE, _render(count, samples, done_at, failed, timeout)), {"samples": samples}
 
 
