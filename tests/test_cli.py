@@ -7,7 +7,6 @@ pipeline (``dhgq demo``) and exports what it made.
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from pathlib import Path
@@ -392,8 +391,24 @@ def test_thin_wrappers(cli: CliRunner, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(dhgq.gpu, "check", lambda settings: [("credentials", False, "set MODAL_TOKEN_ID")])
     checked = run(cli, "modal", "check", "--json")
     assert checked.exit_code == 1 and json.loads(checked.stdout)[0]["ok"] is False
-    monkeypatch.setitem(sys.modules, "dhgq.media.evaluate", None)  # not installed: a clear error
-    assert "evaluation is not available" in one_error_line(run(cli, "eval", str(tmp_path)))
+
+
+@pytest.mark.slow
+def test_eval_scores_a_folder_and_writes_its_table(cli: CliRunner, tmp_path: Path) -> None:
+    from tests.support.speech import say
+
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    say("Please go forward ten meters.", "bob", folder / "clip.wav")
+    (folder / "clip.txt").write_text("please go forward ten meters")
+    (folder / "clip.rttm").write_text("SPEAKER clip 1 0.000 2.000 <NA> <NA> bob <NA> <NA>\n")
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\nother figures\n")
+    report = as_json(run(cli, "eval", str(folder), "--json", "--write", str(doc)))
+    assert report["files"][0]["name"] == "clip.wav" and report["wer"] is not None
+    run(cli, "eval", str(folder), "--write", str(doc))  # a second run replaces the section
+    text = doc.read_text()
+    assert "other figures" in text and text.count("## Accuracy on real recordings") == 1
 
 
 @pytest.mark.slow

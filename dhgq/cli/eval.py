@@ -3,57 +3,51 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import inspect
+import re
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from dhgq.cli.common import JsonOption, emit_json, settings_of, stdout
-from dhgq.errors import ConfigurationError
+from dhgq.cli.common import JsonOption, emit_json, settings_of, stderr, stdout
 
-ENTRY_POINTS = ("evaluate_directory", "evaluate_dir", "evaluate")
+BEGIN, END = "<!-- dhgq eval: begin -->", "<!-- dhgq eval: end -->"
 
 
 def evaluate(
     ctx: typer.Context,
     directory: Annotated[
         Path,
-        typer.Argument(
-            help="Recordings with reference transcripts and RTTM files.",
-            exists=True,
-            file_okay=False,
-            resolve_path=True,
-        ),
+        typer.Argument(help="Recordings with references (NAME.txt words, NAME.rttm speaker turns).",
+                       exists=True, file_okay=False, resolve_path=True),
     ],
+    write: Annotated[
+        Path | None,
+        typer.Option("--write", help="Also put the table in this markdown file (e.g. docs/benchmarks.md)."),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Score transcription (WER) and diarization (DER) against the references in DIR."""
-    run = _entry_point()
-    kwargs = {"settings": settings_of(ctx)} if "settings" in inspect.signature(run).parameters else {}
-    report = _plain(run(directory, **kwargs))
+    """Score the local engines: WER, DER (pyannote.metrics, no collar, overlap scored), speakers, speed."""
+    from dhgq.media.evaluate import evaluate_directory, render_markdown
+
+    report = evaluate_directory(directory, settings=settings_of(ctx))
     if json_output:
-        return emit_json(report)
-    if isinstance(report, dict):
-        for key, value in report.items():
-            stdout.print(f"{key:>24}: {value}", highlight=False, markup=False)
+        emit_json(dataclasses.asdict(report))
     else:
-        stdout.print(report, highlight=False, markup=False)
+        stdout.print(render_markdown(report), highlight=False, markup=False)
+    if write is not None:
+        section = (f"{BEGIN}\n## Accuracy on real recordings\n\n`dhgq eval {directory.name}` on "
+                   f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, local engines (faster-whisper tiny.en int8, the local "
+                   f"diarizer). WER after lower-casing, removing punctuation and spelling out numbers; DER with "
+                   f"pyannote.metrics, collar 0, overlapped speech scored.\n\n{render_markdown(report)}{END}\n")
+        replace_section(write, section)
+        stderr.print(f"wrote the accuracy table to {write}")
 
 
-def _entry_point() -> Any:
-    try:
-        module = importlib.import_module("dhgq.media.evaluate")
-    except ImportError as exc:
-        raise ConfigurationError(f"evaluation is not available in this installation ({exc})") from None
-    for name in ENTRY_POINTS:
-        if callable(getattr(module, name, None)):
-            return getattr(module, name)
-    raise ConfigurationError(f"dhgq.media.evaluate has none of {', '.join(ENTRY_POINTS)}")
-
-
-def _plain(report: Any) -> Any:
-    if dataclasses.is_dataclass(report) and not isinstance(report, type):
-        return dataclasses.asdict(report)
-    return report.to_dict() if hasattr(report, "to_dict") else report
+def replace_section(path: Path, section: str) -> None:
+    """Put the section in the file, replacing an earlier one (other content stays as it is)."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.DOTALL)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    path.write_text(text, encoding="utf-8")
