@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,13 @@ def document(command: str, when: str, machine: list[tuple[str, str]], sections: 
     return "\n".join(parts)
 
 
+# Sections other tools keep in the same file (``dhgq eval --write``), between their own markers.
+KEPT = re.compile(r"<!-- (?P<tool>[^>]+?): begin -->.*?<!-- (?P=tool): end -->\n?", re.DOTALL)
+
+
 def write(path: Path, text: str) -> None:
+    """Write the report, keeping the sections other tools put in the file between their markers."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    previous = path.read_text(encoding="utf-8") if path.exists() else ""
+    kept = [match.group(0).rstrip("\n") + "\n" for match in KEPT.finditer(previous)]
+    path.write_text("\n".join([text.rstrip("\n") + "\n", *kept]), encoding="utf-8")

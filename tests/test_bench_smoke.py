@@ -29,3 +29,15 @@ def test_smoke_run_writes_the_report(tmp_path: Path) -> None:
         assert "| BullMQ + PostgreSQL status UPSERTs (seeds) | skipped" not in report
     else:
         assert f"skipped: {missing}" in report
+
+
+def test_report_keeps_sections_other_tools_wrote(tmp_path: Path) -> None:
+    from bench.report import write
+
+    path = tmp_path / "benchmarks.md"
+    theirs = "<!-- dhgq eval: begin -->\n## Accuracy on real recordings\n\n| WER |\n<!-- dhgq eval: end -->\n"
+    path.write_text("# Benchmarks\n\nold figures\n\n" + theirs)
+    write(path, "# Benchmarks\n\nnew figures\n")
+    text = path.read_text()
+    assert "new figures" in text and "old figures" not in text
+    assert text.count(theirs) == 1
