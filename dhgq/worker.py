@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import procrastinate
 from procrastinate.worker import Worker
@@ -33,6 +34,10 @@ def run(settings: Settings, url: str, *, queues: Sequence[Stage] = STAGES, once:
 
 async def _run(settings: Settings, url: str, queues: list[Stage], once: bool, concurrency: int | None,
                warm: bool) -> None:
+    # Procrastinate runs sync tasks in the loop's default executor, which asyncio caps at cores + 4
+    # threads: fewer than the job slots of four queues, so size it to the slots.
+    slots = sum(concurrency or settings.concurrency(queue) for queue in queues)
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(slots + 2, thread_name_prefix="dhgq-job"))
     pool = ConnectionPool(url, min_size=1, max_size=4 + 2 * len(queues), open=True,
                           check=ConnectionPool.check_connection, kwargs={"connect_timeout": 10})
     resources = Resources(settings, pool)
