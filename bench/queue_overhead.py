@@ -42,6 +42,7 @@ class Options:
     rounds: int = 1
     diagnostic: bool = True  # dhgq without the stage NOTIFY, in the last round
     timeout: float = 600.0
+    skip_bullmq: str | None = None  # why the BullMQ contender is left out, when it is
 
 
 @dataclass
@@ -114,7 +115,7 @@ def run_section(pg: Postgres, workdir: Path, options: Options) -> tuple[Section,
 
     outcomes = {"dhgq": Outcome("dhgq", DhgqContender.name),
                 "plain": Outcome("plain", PlainContender.name),
-                "bullmq": Outcome("bullmq", BullmqContender.name, skipped=redis_missing()),
+                "bullmq": Outcome("bullmq", BullmqContender.name, skipped=options.skip_bullmq or redis_missing()),
                 "dhgq-quiet": Outcome("dhgq-quiet", QuietDhgqContender.name)}
 
     def dhgq(kind: type[DhgqContender] = DhgqContender) -> None:
