@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import psycopg
@@ -176,8 +175,10 @@ def report_progress(resources: Resources, job: StageJob, percent: float) -> None
         pass
 
 
-def work_file(resources: Resources, source: Source, name: str) -> Path:
-    """Where a stage keeps files of one source (under the storage root when one is set)."""
-    directory = resources.settings.work_dir / source.id
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory / name
+def run_on_extracted_audio(resources: Resources, source: Source, job: StageJob, target: str) -> Any:
+    """A GPU stage's work: the extracted audio, in the stage's model host, under its time limit."""
+    wav_path = source.extracted_audio()
+    report_progress(resources, job, 5)
+    return resources.host(job.stage).call(target, resources.settings.stage_timeout(source.duration),
+                                          wav_path=wav_path)
+

@@ -11,17 +11,14 @@ from psycopg.types.json import Jsonb
 from dhgq.app import app, retry_strategy
 from dhgq.media.serialize import transcript_to_dict
 from dhgq.media.types import Transcript
-from dhgq.pipeline import Resources, Source, StageJob, StageSpec, report_progress, run_stage
+from dhgq.pipeline import Resources, Source, StageJob, StageSpec, run_on_extracted_audio, run_stage
 from dhgq.queries import query
 from dhgq.tasks import job_of
 from dhgq.tasks.fanin import after_transcription_or_diarization
 
 
 def work(resources: Resources, source: Source, job: StageJob) -> tuple[Transcript, dict[str, Any]]:
-    wav_path = source.extracted_audio()
-    report_progress(resources, job, 5)
-    return resources.host("transcription").call(
-        "dhgq.engines:transcribe", resources.settings.stage_timeout(source.duration), wav_path=wav_path)
+    return run_on_extracted_audio(resources, source, job, "dhgq.engines:transcribe")
 
 
 def save(conn: psycopg.Connection, source: Source, output: tuple[Transcript, dict[str, Any]]) -> dict[str, Any]:
