@@ -169,6 +169,8 @@ class EmbeddedServer:
                 conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
 
     def _run(self, cmd: list[str], user: pwd.struct_passwd | None, what: str) -> None:
+        if user is not None:  # the binaries may sit in a venv below a private directory
+            _allow_traversal(Path(cmd[0]).parent)
         result = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_demote(user),
                                 cwd=str(self.root), env={**os.environ, "LC_ALL": "C.UTF-8"})
         if result.returncode != 0:
@@ -214,10 +216,15 @@ def _service_user() -> pwd.struct_passwd | None:
 def _make_traversable(path: Path, user: pwd.struct_passwd) -> None:
     """Let the service user reach ``path``: own it, and allow traversal (x only) of its parents."""
     os.chown(path, user.pw_uid, user.pw_gid)
-    for parent in path.parents:
-        mode = parent.stat().st_mode
+    _allow_traversal(path.parent)
+
+
+def _allow_traversal(path: Path) -> None:
+    """Add search permission (x only, no listing) for others on ``path`` and its parents."""
+    for directory in (path, *path.parents):
+        mode = directory.stat().st_mode
         if not mode & stat.S_IXOTH:
-            parent.chmod(mode | stat.S_IXOTH)
+            directory.chmod(mode | stat.S_IXOTH)
 
 
 def _demote(user: pwd.struct_passwd | None) -> Callable[[], None] | None:
