@@ -13,7 +13,9 @@
    ``count`` most active clusters are speaking, where ``count`` is the number of simultaneous
    speakers that the segmentation saw there (so two people are labelled where two talk);
 6. resegmentation of one-speaker stretches with short embeddings (see diarizer_resegment);
-7. frames -> turns, short gaps bridged and blips dropped.
+7. a second look at each speaker with ~2 s embeddings, for similar voices that clustering
+   merged (see diarizer_split), and when it finds some, resegmentation again;
+8. frames -> turns, short gaps bridged and blips dropped.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dhgq.media import diarizer_clustering as clustering
 from dhgq.media.diarizer_audio import SAMPLE_RATE, normalise_loudness, read_audio
 from dhgq.media.diarizer_models import SegmentationModel, SpeakerEmbedder
 from dhgq.media.diarizer_resegment import resegment
+from dhgq.media.diarizer_split import SplitCheck, split_merged_speakers
 from dhgq.media.types import Diarization, SpeakerTurn
 
 FEATURE_STEP = 0.02  # CAM++ frame-level features: 10 ms fbank frames, stride 2
@@ -47,6 +50,7 @@ class LocalDiarizerConfig:
     soft_scores: bool = True  # average speaker probabilities, not 0/1 decisions, over windows
     count_bias: float = 0.0  # >0 leans towards counting one more simultaneous speaker
     embedding_block: float = 10.0  # seconds of audio per CAM++ pass
+    split_check: SplitCheck | None = SplitCheck()  # None: trust the clustering's speaker count
     reseg_span: float = 1.0  # seconds of one-speaker speech per short embedding (0: off)
     reseg_hop: float = 0.25
     min_duration_on: float = 0.1  # drop turns shorter than this
@@ -123,6 +127,15 @@ class LocalDiarizer:
         binary = self._reconstruct(analysis.posteriors, hard, len(centroids), analysis.duration)
         if cfg.reseg_span > 0:
             binary = self._resegment(binary, analysis.features)
+        if cfg.split_check is not None and num_speakers is None:
+            binary, profiles = self._split(binary, analysis.features, max_speakers)
+            if profiles:
+                added = np.zeros((binary.shape[1] - len(centroids), centroids.shape[1]))
+                centroids = np.concatenate([centroids, added])
+                for speaker, profile in profiles.items():
+                    centroids[speaker] = profile
+                if cfg.reseg_span > 0:
+                    binary = self._resegment(binary, analysis.features)
         return _named(self._turns(binary), centroids, self.name)
 
     # -- models ----------------------------------------------------------------------------------
@@ -225,6 +238,17 @@ class LocalDiarizer:
             binary[rows, ranked[rows, c - 1]] = 1.0
         last = int(np.ceil((duration - grid.start - grid.duration / 2) / grid.step)) + 1
         return binary[: max(0, min(total, last))]
+
+    def _split(self, binary: np.ndarray, features: torch.Tensor, max_speakers: int | None,
+               ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        assert self.config.split_check is not None
+        return split_merged_speakers(
+            binary,
+            self.segmentation.grid.center(np.arange(len(binary))),
+            FEATURE_START + FEATURE_STEP * np.arange(len(features)),
+            lambda selections: self.pool(features, selections),
+            feature_step=FEATURE_STEP, check=self.config.split_check, max_speakers=max_speakers,
+        )
 
     def _resegment(self, binary: np.ndarray, features: torch.Tensor) -> np.ndarray:
         cfg = self.config
