@@ -17,6 +17,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from dhgq.db import one
 from dhgq.errors import PermanentError
 from dhgq.queries import query
 
@@ -89,7 +90,7 @@ def add_file(conn: psycopg.Connection, path: Path, *, origin: str = "dhgq") -> A
         known = conn.execute(query("source_by_hash"), {"content_hash": digest}).fetchone()
         if known is not None:
             return Added(path, str(known[0]), False, size)
-        row = conn.execute(
+        row = one(conn.execute(
             query("insert_source"),
             {
                 "name": path.name,
@@ -100,7 +101,7 @@ def add_file(conn: psycopg.Connection, path: Path, *, origin: str = "dhgq") -> A
                 "mime_type": MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream"),
                 "metadata": Jsonb({"added_by": origin}),
             },
-        ).fetchone()
+        ))
     return Added(path, str(row[0]), True, size)
 
 

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from dhgq import logs, migrations, sample, sources
 from dhgq.cli.common import JsonOption, emit_json, fail, seconds, settings_of, stderr, stdout
-from dhgq.db import connect, database_url, mask_url
+from dhgq.db import connect, database_url, mask_url, one
 from dhgq.errors import ConfigurationError, DhgqError
 from dhgq.media.export import timestamp
 from dhgq.queries import query
@@ -103,7 +103,7 @@ def _run_worker(
         _drain(conn, settings, url, source_id, quiet=quiet)
         if fetch_sources(conn, [source_id])[0].state in DONE:
             return
-        wait = conn.execute(query("cli_next_retry_in"), {"source_id": source_id}).fetchone()[0]
+        wait = one(conn.execute(query("cli_next_retry_in"), {"source_id": source_id}))[0]
         if wait is None:
             return
         if not quiet:

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from dhgq import sources
 from dhgq.cli.common import JsonOption, connected, emit_json, fail, seconds, settings_of, stderr, stdout, when
-from dhgq.db import connect, database_url
+from dhgq.db import connect, database_url, one
 from dhgq.errors import PermanentError
 from dhgq.media.export import FORMATS, render
 from dhgq.queries import query
@@ -353,7 +353,7 @@ def retry(
             ids = [str(r[0]) for r in conn.execute(query("cli_dead_letter_sources"))]
         else:
             ids = [str(sources.resolve(conn, source or "")["id"])]
-        queued = {i: conn.execute(query("retry_source"), {"source_id": i}).fetchone()[0] for i in ids}
+        queued = {i: one(conn.execute(query("retry_source"), {"source_id": i}))[0] for i in ids}
     _report("retried", queued, json_output, "queued {n} stage(s) again for {id}", "nothing failed for {id}")
 
 
@@ -361,7 +361,7 @@ def cancel(ctx: typer.Context, source: SourceArgument, json_output: JsonOption =
     """Cancel a source's queued and running stages (running ones are asked to abort)."""
     with connected(ctx) as conn:
         found = str(sources.resolve(conn, source)["id"])
-        cancelled = {found: conn.execute(query("cancel_source"), {"source_id": found}).fetchone()[0]}
+        cancelled = {found: one(conn.execute(query("cancel_source"), {"source_id": found}))[0]}
     _report(
         "cancelled", cancelled, json_output, "cancelled {n} stage(s) of {id}", "nothing to cancel for {id}"
     )

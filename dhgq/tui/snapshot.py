@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from dhgq.db import one
 from dhgq.media.export import display_speaker, labelled_segments, merge_turns
 from dhgq.media.serialize import diarization_from_dict, transcript_from_dict
 from dhgq.media.types import Diarization, Summary, Transcript
@@ -101,12 +102,12 @@ def fetch_snapshot(
 ) -> QueueSnapshot:
     """Stage counts, every source's stages (newest first), live workers and recent throughput."""
     cur = conn.cursor(row_factory=dict_row)
-    taken_at = conn.execute(query("cli_now")).fetchone()[0]
+    taken_at = one(conn.execute(query("cli_now")))[0]
     stages = tuple(StageCount(**row) for row in cur.execute(query("cli_stage_counts")))
     sources = tuple(
         _source_row(row) for row in cur.execute(query("cli_sources"), {"ids": None, "limit": limit})
     )
-    live = cur.execute(query("cli_live_workers"), {"stalled_after": stalled_after}).fetchone()
+    live = one(cur.execute(query("cli_live_workers"), {"stalled_after": stalled_after}))
     return QueueSnapshot(taken_at, stages, sources, int(live["workers"]), int(live["jobs_last_minute"]))
 
 
