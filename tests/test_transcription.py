@@ -69,3 +69,19 @@ def test_unknown_engine_and_model_are_configuration_errors() -> None:
         load_engine("vosk", "tiny.en", "int8", None)
     with pytest.raises(ConfigurationError, match="unknown Whisper model 'huge-v9'"):
         load_engine("faster-whisper", "huge-v9", "int8", None)
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.005, 3.0, 71.3])
+def test_blockwise_features_equal_faster_whispers(seconds: float) -> None:
+    """Same log-mel spectrogram, block boundaries and global clamp included."""
+    import numpy as np
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    from dhgq.media.whisper_features import BlockwiseFeatureExtractor
+
+    rng = np.random.default_rng(1)
+    t = np.arange(int(seconds * 16000)) / 16000
+    audio = (0.3 * np.sin(2 * np.pi * 220 * t) * (t % 7 < 5) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+    ours, theirs = BlockwiseFeatureExtractor()(audio), FeatureExtractor()(audio)
+    assert ours.shape == theirs.shape and ours.dtype == np.float32
+    assert np.abs(ours - theirs).max() < 1e-5

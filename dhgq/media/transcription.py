@@ -73,6 +73,7 @@ class FasterWhisperEngine:
     def __init__(self, model: str, *, compute_type: str = "int8", models_dir: Path | None = None) -> None:
         from faster_whisper import WhisperModel
 
+        from dhgq.media.whisper_features import BlockwiseFeatureExtractor
         from dhgq.media.whisper_models import resolve_ct2_model
 
         self.model_name = model
@@ -80,6 +81,8 @@ class FasterWhisperEngine:
         self._model = WhisperModel(
             str(resolve_ct2_model(model, models_dir)), device=device, compute_type=compute_type
         )
+        # same features, a block at a time: memory stays flat however long the talk
+        self._model.feature_extractor = BlockwiseFeatureExtractor(**self._model.feat_kwargs)
 
     def transcribe(self, wav_path: Path, *, language: str | None = None) -> Transcript:
         audio = load_audio(wav_path)
