@@ -17,11 +17,13 @@ import psycopg
 
 from bench import media_stages
 from bench.infra import Postgres, one
+from bench.memory import MIB, PeakTreeMemory
 from bench.report import Section, skipped, table, verdict
 from dhgq.migrations import migrate
 
 TITLE = "Media stages (local engines)"
 TARGET_OVERHEAD = 0.05
+TARGET_WORKER_MB = 1500  # issue 9: peak memory of a worker on a 10-minute talk
 OPENAI_SECONDS = 60.0  # openai-whisper runs on this much of the talk
 INSERT_SOURCE = "INSERT INTO sources_google (name, path, mime_type) VALUES (%s, %s, 'video/mp4') RETURNING id"
 STAGE_ROWS = """SELECT stage, status, error, (result->>'stage_seconds')::float
@@ -129,8 +131,11 @@ def _whole_pipeline(pg: Postgres, workdir: Path, talk: Path) -> str:
         source_id = one(conn, INSERT_SOURCE, (talk.name, str(talk)))[0]
     env = worker_env({"DHGQ_DATABASE_URL": url, "DHGQ_HOME": str(workdir / "media" / "dhgq-home")})
     started = time.perf_counter()
-    worker = subprocess.run([sys.executable, "-m", "dhgq", "worker", "--once"], capture_output=True,
-                            text=True, cwd=REPO, env=env)
+    process = subprocess.Popen([sys.executable, "-m", "dhgq", "worker", "--once"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    with PeakTreeMemory(process.pid) as memory:
+        stdout, stderr = process.communicate()
+    worker = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     worker_seconds = time.perf_counter() - started
     with psycopg.connect(url, autocommit=True) as conn:
         stages = conn.execute(STAGE_ROWS, (source_id,)).fetchall()
@@ -153,7 +158,20 @@ def _whole_pipeline(pg: Postgres, workdir: Path, talk: Path) -> str:
         f"Pipeline overhead over the plain script: {overhead:+.1%} (target under {TARGET_OVERHEAD:.0%}), "
         f"{verdict(overhead < TARGET_OVERHEAD)}. `--once` goes round until no job is ready and waits 0.5 s "
         "between rounds, so each stage boundary can add up to half a second.\n",
+        f"Peak memory of the worker on this talk (the worker process and its {memory.most_processes - 1} child "
+        f"process(es), sampled every 0.2 s, default settings: {_slots()}): "
+        f"{memory.peak_pss_mb:,.0f} MiB PSS, {memory.peak_rss_mb:,.0f} MiB summed RSS (RSS counts the pages the "
+        f"processes share, torch's libraries among them, once per process). Target under "
+        f"{TARGET_WORKER_MB:,} MB: {verdict(memory.peak_pss_mb * MIB / 1e6 < TARGET_WORKER_MB)}"
+        f"{'' if memory.peak_rss_mb * MIB / 1e6 < TARGET_WORKER_MB else ' by PSS, missed by summed RSS'}.\n",
     ])
+
+
+def _slots() -> str:
+    from dhgq.settings import STAGES, Settings
+
+    settings = Settings(database_url="postgresql://unused/none")
+    return ", ".join(f"{stage} {settings.concurrency(stage)}" for stage in STAGES)
 
 
 def worker_env(extra: dict[str, str]) -> dict[str, str]:

@@ -44,8 +44,11 @@ INSERT_SOURCE = "INSERT INTO sources_google (id, name, path, mime_type) VALUES (
 
 
 def default_concurrency() -> dict[str, int]:
-    """dhgq's own per-queue defaults (the seeds' MAX_CONCURRENT_*)."""
-    settings = Settings(database_url=SecretStr("postgresql://unused/none"))
+    """The seeds' MAX_CONCURRENT_* per queue (dhgq's defaults when the model stages run on Modal).
+
+    The stages here do nothing, so the CPU-sized defaults of local model stages do not apply.
+    """
+    settings = Settings(database_url=SecretStr("postgresql://unused/none"), gpu_backend="modal")
     return {stage: settings.concurrency(stage) for stage in STAGES}
 
 

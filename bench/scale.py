@@ -15,6 +15,7 @@ import psycopg
 
 from bench.infra import Postgres, one
 from bench.media import REPO, make_talk, worker_env
+from bench.memory import tree_memory
 from bench.report import Section, skipped, table, verdict
 from dhgq.migrations import migrate
 
@@ -36,24 +37,7 @@ class Sample:
     at: float
     completed: int
     rss_mb: list[float] = field(default_factory=list)
-
-
-def tree_rss_mb(pid: int) -> float:
-    """The resident memory of a worker and its model host processes."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0
-    for process in processes:
-        try:
-            total += process.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
-    return total / 1024 / 1024
+    pss_mb: list[float] = field(default_factory=list)
 
 
 def run_section(pg: Postgres, workdir: Path, count: int, timeout: float) -> tuple[Section, dict[str, Any]]:
@@ -101,7 +85,9 @@ def _watch(url: str, workers: list[subprocess.Popen[bytes]], count: int, timeout
     with psycopg.connect(url, autocommit=True) as conn:
         while time.monotonic() - began < timeout:
             completed, failed = one(conn, COUNT_DONE)
-            samples.append(Sample(time.monotonic() - began, completed, [tree_rss_mb(w.pid) for w in workers]))
+            trees = [tree_memory(w.pid) for w in workers]
+            samples.append(Sample(time.monotonic() - began, completed, [t.rss_mb for t in trees],
+                                  [t.pss_mb for t in trees]))
             if completed + failed >= count or all(w.poll() is not None for w in workers):
                 break
             time.sleep(1.0)
@@ -162,6 +148,8 @@ def _memory_rows(samples: list[Sample], total: int) -> list[list[object]]:
     peak = [max(s.rss_mb[i] for s in samples) for i in range(WORKERS)]
     rows: list[list[object]] = [[label, *sample.rss_mb] for label, sample in marks]
     rows.append(["peak over the run", *peak])
+    rows.append(["peak over the run, PSS (shared pages counted once)",
+                 *[max(s.pss_mb[i] for s in samples) for i in range(WORKERS)]])
     return rows
 
 

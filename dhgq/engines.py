@@ -16,9 +16,13 @@ from dhgq.settings import get_settings
 
 @lru_cache(maxsize=1)
 def _backend() -> Any:
-    from dhgq.gpu import select_backend
+    """The backend of this model host; local models share the cores with the worker's other hosts."""
+    from dhgq.gpu import LocalBackend, select_backend
 
-    backend, _reason = select_backend(get_settings())
+    settings = get_settings()
+    backend, _reason = select_backend(settings)
+    if isinstance(backend, LocalBackend):
+        backend.cpu_threads = settings.threads_per_model_job()
     return backend
 
 
@@ -35,15 +39,10 @@ def warm(stage: str) -> str:
     """Load the stage's models now (and compile what numba compiles), so no job pays for it."""
     from dhgq.gpu import LocalBackend
 
-    settings = get_settings()
-    if isinstance(_backend(), LocalBackend):
+    backend = _backend()
+    if isinstance(backend, LocalBackend):
         if stage == "transcription":
-            from dhgq.media.transcription import load_engine
-
-            load_engine(settings.whisper_engine, settings.whisper_model, settings.whisper_compute_type,
-                        settings.models_dir)
+            backend.transcription_engine(get_settings().whisper_model)
         elif stage == "diarization":
-            from dhgq.media.diarization import load_diarizer
-
-            load_diarizer(settings.diarization_engine)
+            backend.diarization_engine()
     return stage

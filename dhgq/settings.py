@@ -7,6 +7,7 @@ them or showing them in the monitor never reveals a key or a database password.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -17,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Stage = Literal["extraction", "transcription", "diarization", "summarization"]
 STAGES: tuple[Stage, ...] = ("extraction", "transcription", "diarization", "summarization")
+SEED_MODEL_CONCURRENCY = 2  # the seeds' MAX_CONCURRENT_TRANSCRIPTIONS and _DIARIZATIONS
 
 
 class Settings(BaseSettings):
@@ -36,11 +38,15 @@ class Settings(BaseSettings):
     storage_root: Path | None = None
     temp_dir: Path | None = None
 
-    # Queues: the seeds' MAX_CONCURRENT_* defaults, one worker-side concurrency per stage.
+    # Queues: one worker-side concurrency per stage; the seeds' MAX_CONCURRENT_* defaults, except
+    # that transcription and diarization on this machine's CPU (see concurrency()) default to
+    # one job per ~4 cores: each job already uses several cores, so more slots only add memory.
     max_concurrent_extractions: int = Field(5, ge=1)
-    max_concurrent_transcriptions: int = Field(2, ge=1)
-    max_concurrent_diarizations: int = Field(2, ge=1)
+    max_concurrent_transcriptions: int | None = Field(None, ge=1, description="default: see concurrency()")
+    max_concurrent_diarizations: int | None = Field(None, ge=1, description="default: see concurrency()")
     max_concurrent_summarizations: int = Field(2, ge=1)
+    model_threads: int | None = Field(None, ge=1, description="CPU threads per local model job; default: "
+                                      "the cores shared out among the transcription and diarization slots")
     max_attempts: int = Field(3, ge=1)
     retry_base_delay: int = Field(2, ge=0, description="seconds; doubles per attempt")
     stage_timeout_base: float = Field(120.0, gt=0, description="seconds per stage, plus the factor below")
@@ -74,13 +80,34 @@ class Settings(BaseSettings):
     log_json: bool = False
 
     def concurrency(self, stage: Stage) -> int:
-        """Worker-side concurrency of one stage's queue."""
-        return {
+        """Worker-side concurrency of one stage's queue.
+
+        Unset, the model stages take the seeds' 2 when they run on Modal (a slot only waits on a
+        remote GPU) and otherwise one slot per 4 CPU cores, at most 2: a local model job already
+        keeps several cores busy, and each slot is a model process of 0.3-0.6 GB.
+        """
+        configured = {
             "extraction": self.max_concurrent_extractions,
             "transcription": self.max_concurrent_transcriptions,
             "diarization": self.max_concurrent_diarizations,
             "summarization": self.max_concurrent_summarizations,
         }[stage]
+        if configured is not None:
+            return configured
+        if self.gpu_backend == "modal":
+            return SEED_MODEL_CONCURRENCY
+        return max(1, min(SEED_MODEL_CONCURRENCY, (os.cpu_count() or 1) // 4))
+
+    def threads_per_model_job(self) -> int:
+        """CPU threads for one local transcription or diarization job in a worker.
+
+        Both stages run side by side, each with its slots; their thread pools together should
+        fill the cores, not oversubscribe them (spinning OpenMP threads then starve each other).
+        """
+        if self.model_threads is not None:
+            return self.model_threads
+        slots = self.concurrency("transcription") + self.concurrency("diarization")
+        return max(1, (os.cpu_count() or 1) // slots)
 
     def stage_timeout(self, audio_seconds: float | None) -> float:
         """A stage's time limit, scaled by the length of the audio it works on."""

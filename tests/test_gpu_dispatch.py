@@ -209,3 +209,25 @@ def test_local_backend_returns_run_metadata(dialogue_wav: Path) -> None:
 
     diarization, info = backend.diarize(dialogue_wav, num_speakers=2)
     assert len(diarization.speakers) == 2 and info["backend"] == "local" and info["engine"] == "local"
+
+
+def test_model_stage_slots_follow_where_the_models_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Locally a slot is a model process using several cores; on Modal it only waits."""
+    url = "postgresql://unused/none"
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    local = Settings(database_url=url, gpu_backend="local")
+    assert local.concurrency("transcription") == local.concurrency("diarization") == 1
+    assert local.concurrency("extraction") == 5 and local.concurrency("summarization") == 2
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert Settings(database_url=url, gpu_backend="local").concurrency("diarization") == 2
+    assert Settings(database_url=url, gpu_backend="modal").concurrency("transcription") == 2
+    assert Settings(database_url=url, max_concurrent_transcriptions=3).concurrency("transcription") == 3
+
+
+def test_model_threads_share_the_cores_out_among_the_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "postgresql://unused/none"
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert Settings(database_url=url).threads_per_model_job() == 1  # 1 transcription + 1 diarization slot
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert Settings(database_url=url).threads_per_model_job() == 4  # 2 + 2 slots
+    assert Settings(database_url=url, model_threads=3).threads_per_model_job() == 3

@@ -70,7 +70,9 @@ class FasterWhisperEngine:
 
     name = "faster-whisper"
 
-    def __init__(self, model: str, *, compute_type: str = "int8", models_dir: Path | None = None) -> None:
+    def __init__(
+        self, model: str, *, compute_type: str = "int8", models_dir: Path | None = None, cpu_threads: int = 0
+    ) -> None:
         from faster_whisper import WhisperModel
 
         from dhgq.media.whisper_features import BlockwiseFeatureExtractor
@@ -79,7 +81,8 @@ class FasterWhisperEngine:
         self.model_name = model
         device = "cuda" if _cuda_devices() else "cpu"
         self._model = WhisperModel(
-            str(resolve_ct2_model(model, models_dir)), device=device, compute_type=compute_type
+            str(resolve_ct2_model(model, models_dir)), device=device, compute_type=compute_type,
+            cpu_threads=cpu_threads,
         )
         # same features, a block at a time: memory stays flat however long the talk
         self._model.feature_extractor = BlockwiseFeatureExtractor(**self._model.feat_kwargs)
@@ -169,10 +172,12 @@ class OpenAIWhisperEngine:
 
 
 @lru_cache(maxsize=4)
-def load_engine(engine: str, model: str, compute_type: str, models_dir: Path | None) -> TranscriptionEngine:
-    """The engine for these settings, built once per worker process."""
+def load_engine(
+    engine: str, model: str, compute_type: str, models_dir: Path | None, cpu_threads: int = 0
+) -> TranscriptionEngine:
+    """The engine for these settings, built once per worker process (``cpu_threads`` 0: default)."""
     if engine == "faster-whisper":
-        return FasterWhisperEngine(model, compute_type=compute_type, models_dir=models_dir)
+        return FasterWhisperEngine(model, compute_type=compute_type, models_dir=models_dir, cpu_threads=cpu_threads)
     if engine == "openai-whisper":
         try:
             import whisper  # noqa: F401
