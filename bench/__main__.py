@@ -41,7 +41,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2,
                         help="rounds of the queue contenders, in rotating order")
     parser.add_argument("--no-diagnostic", action="store_true",
-                        help="skip the diagnostic run of dhgq without its stage NOTIFY")
+                        help="skip the diagnostic run of dhgq with a monitor listening")
     parser.add_argument("--pgbench-seconds", type=int, default=15)
     parser.add_argument("--skip-bullmq", action="store_true",
                         help="leave the BullMQ contender out (the CI smoke run: it once hung on shutdown there)")

@@ -9,6 +9,9 @@ transactions.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -39,7 +42,7 @@ CHAIN: dict[str, tuple[str, ...]] = {
 }
 CHAIN_TERMINAL: tuple[str, ...] = ("diarization", "summarization")
 LAUNCHERS = 4  # connections the driver starts pipelines on
-FUNCTION_SOURCE = "SELECT pg_get_functiondef(%s::regproc)"
+REPO = Path(__file__).resolve().parents[1]
 INSERT_SOURCE = "INSERT INTO sources_google (id, name, path, mime_type) VALUES (%s, %s, %s, 'video/mp4')"
 
 
@@ -172,22 +175,37 @@ class DhgqContender:
         """Nothing to change: the database is dhgq's, as migrated."""
 
 
-class QuietDhgqContender(DhgqContender):
-    """A diagnostic: dhgq as above, but in this bench database the stage-changed trigger sends no
-    NOTIFY. In PostgreSQL a committing transaction that has NOTIFYed takes a server-wide lock
-    until its commit is flushed, so these commits queue behind each other."""
+class ListenedDhgqContender(DhgqContender):
+    """A diagnostic: dhgq as above while a monitor listens, so the stage trigger NOTIFYs.
 
-    name = "dhgq, diagnostic: stage trigger without its NOTIFY"
-    key = "dhgq-quiet"
+    In PostgreSQL a committing transaction that has sent a NOTIFY takes a server-wide lock until
+    its commit is flushed, so such commits queue behind each other. dhgq's trigger notifies only
+    while someone listens (dhgq_listen_stages_v1); this round measures what an open monitor costs.
+    """
 
-    def prepare(self) -> None:
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            row = conn.execute(FUNCTION_SOURCE, ("public.dhgq_stage_changed_v1",)).fetchone()
-            assert row is not None
-            source: str = row[0]
-            start = source.index("PERFORM pg_notify('dhgq_stages'")
-            end = source.index(";", source.index("::text)", start)) + 1
-            conn.execute(source[:start] + source[end:])  # type: ignore[arg-type]
+    name = "dhgq, diagnostic: with a monitor listening (stage NOTIFYs on)"
+    key = "dhgq-listened"
+
+    @asynccontextmanager
+    async def running(self, tracker: Tracker) -> AsyncIterator[Callable[[str], Any]]:
+        listener = subprocess.Popen([sys.executable, "-m", "bench.listener", self.url], cwd=REPO)
+        try:
+            await asyncio.to_thread(_wait_for_listener, self.url)
+            async with super().running(tracker) as launch:
+                yield launch
+        finally:
+            listener.terminate()
+            listener.wait(timeout=10)
+
+
+def _wait_for_listener(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            if conn.execute("SELECT count(*) FROM dhgq_stage_listeners").fetchone() != (0,):
+                return
+            time.sleep(0.1)
+    raise RuntimeError("the stand-in monitor did not start listening")
 
 
 # --- plain Procrastinate ----------------------------------------------------------------------------

@@ -88,3 +88,28 @@ def test_status_views_exist(conn: psycopg.Connection) -> None:
     for view in ("pipeline_stage_counts", "pipeline_status", "dead_letter"):
         conn.execute(f"SELECT * FROM {view}").fetchall()
     assert len(conn.execute("SELECT * FROM pipeline_stage_counts").fetchall()) == 4
+
+
+def test_stage_changes_notify_only_while_someone_listens(db_url: str) -> None:
+    """NOTIFY serialises commits server-wide, so the stage trigger sends it only to a listener."""
+    with psycopg.connect(db_url, autocommit=True) as writer, psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute("LISTEN dhgq_stages")  # a bare LISTEN does not register
+        source_id = writer.execute(
+            "INSERT INTO sources_google (name, path) VALUES ('a.mp4', '/a.mp4') RETURNING id").fetchone()[0]
+        writer.execute("INSERT INTO audio_processing_stages (source_id, stage, status) "
+                       "VALUES (%s, 'extraction', 'processing') ON CONFLICT DO NOTHING", (source_id,))
+        writer.execute("UPDATE audio_processing_stages SET progress = 10 WHERE source_id = %s", (source_id,))
+        assert list(listener.notifies(timeout=0.5)) == []
+
+        listener.execute("SELECT dhgq_listen_stages_v1()")
+        writer.execute("UPDATE audio_processing_stages SET progress = 20 WHERE source_id = %s", (source_id,))
+        heard = list(listener.notifies(timeout=2.0, stop_after=1))
+        assert heard and str(source_id) in heard[0].payload and heard[0].channel == "dhgq_stages"
+
+        writer.execute("UPDATE dhgq_stage_listeners SET seen_at = now() - interval '31 seconds'")  # lapsed
+        writer.execute("UPDATE audio_processing_stages SET progress = 30 WHERE source_id = %s", (source_id,))
+        assert list(listener.notifies(timeout=0.5)) == []
+
+        listener.execute("SELECT dhgq_listen_stages_v1()")  # renewed
+        listener.execute("SELECT dhgq_unlisten_stages_v1()")
+        assert writer.execute("SELECT count(*) FROM dhgq_stage_listeners").fetchone() == (0,)

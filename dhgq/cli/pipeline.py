@@ -21,7 +21,7 @@ from dhgq.cli.common import JsonOption, connected, emit_json, fail, seconds, set
 from dhgq.db import connect, database_url, one
 from dhgq.errors import PermanentError
 from dhgq.media.export import FORMATS, render
-from dhgq.queries import query
+from dhgq.queries import LISTEN_RENEW_SECONDS, query
 from dhgq.settings import STAGES
 from dhgq.tui.cells import stage_cell, state_text
 from dhgq.tui.snapshot import (
@@ -143,7 +143,8 @@ def follow(
     """Show each source's progress until every pipeline has ended; woken by NOTIFY, polling as fallback."""
     settings = settings_of(ctx)
     listener = connect(database_url(settings), autocommit=True, timeout=settings.db_connect_timeout)
-    listener.execute("LISTEN dhgq_stages")
+    listener.execute(query("listen_stages"))
+    registered = time.monotonic()
     deadline = time.monotonic() + timeout if timeout else None
     columns = (
         TextColumn("{task.description}"),
@@ -166,6 +167,9 @@ def follow(
                     )
                 if all(row.state in DONE for row in rows) or (deadline and time.monotonic() > deadline):
                     break
+                if time.monotonic() - registered > LISTEN_RENEW_SECONDS:
+                    listener.execute(query("listen_stages"))  # the stage trigger notifies while renewed
+                    registered = time.monotonic()
                 for _ in listener.notifies(timeout=2.0, stop_after=1):
                     pass
     finally:

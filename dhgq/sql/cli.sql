@@ -77,7 +77,11 @@ SELECT (SELECT count(*) FROM procrastinate_workers
 SELECT pg_advisory_xact_lock(hashtextextended(%(content_hash)s, 0));
 
 -- name: listen_stages
-LISTEN dhgq_stages;
+-- LISTEN, and ask the stage trigger to NOTIFY for the next 30 s (repeat within that).
+SELECT dhgq_listen_stages_v1();
+
+-- name: unlisten_stages
+SELECT dhgq_unlisten_stages_v1();
 
 -- name: cli_next_retry_in
 -- Seconds until the source's next waiting job may run (a retry backs off); NULL when none waits.

@@ -13,7 +13,7 @@ from typing import Protocol
 import psycopg
 
 from dhgq.db import connect
-from dhgq.queries import query
+from dhgq.queries import LISTEN_RENEW_SECONDS, query
 from dhgq.tui.snapshot import QueueSnapshot, SourceDetail, fetch_detail, fetch_snapshot
 
 
@@ -65,10 +65,14 @@ class PostgresBackend:
         while not stopped():
             try:
                 with connect(self.url, autocommit=True, timeout=self.timeout) as conn:
-                    conn.execute(query("listen_stages"))
+                    registered = 0.0
                     while not stopped():
+                        if time.monotonic() - registered > LISTEN_RENEW_SECONDS:
+                            conn.execute(query("listen_stages"))  # the trigger notifies while renewed
+                            registered = time.monotonic()
                         for _ in conn.notifies(timeout=0.5, stop_after=1):
                             changed()
+                    conn.execute(query("unlisten_stages"))
             except (psycopg.Error, OSError):
                 time.sleep(1.0)
 
