@@ -113,3 +113,24 @@ def test_stage_changes_notify_only_while_someone_listens(db_url: str) -> None:
         listener.execute("SELECT dhgq_listen_stages_v1()")  # renewed
         listener.execute("SELECT dhgq_unlisten_stages_v1()")
         assert writer.execute("SELECT count(*) FROM dhgq_stage_listeners").fetchone() == (0,)
+
+
+def test_claims_and_progress_commit_without_waiting_for_the_flush(db_url: str) -> None:
+    """Only the claim's and the progress update's own transactions: completions stay synchronous."""
+    from dhgq.queries import query
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        source_id = conn.execute(
+            "INSERT INTO sources_google (name, path) VALUES ('a.mp4', '/a.mp4') RETURNING id").fetchone()[0]
+        conn.execute("INSERT INTO audio_processing_stages (source_id, stage, status, job_id) "
+                     "VALUES (%s, 'extraction', 'queued', '7') ON CONFLICT (source_id, stage) "
+                     "DO UPDATE SET status = 'queued', job_id = '7'", (source_id,))
+        params = {"source_id": source_id, "stage": "extraction", "job_id": "7", "attempt": 1, "progress": 50}
+        for name in ("begin_stage", "set_progress"):
+            with conn.transaction():
+                conn.execute(query(name), params)
+                assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
+            assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+        row = conn.execute("SELECT status, progress FROM audio_processing_stages WHERE source_id = %s",
+                           (source_id,)).fetchone()
+        assert row == ("processing", 50)

@@ -3,8 +3,12 @@
 
 -- name: begin_stage
 -- Claim a queued stage for this job and read its source, in one statement; no row back means the
--- job is stale or was cancelled.
-WITH claimed AS (
+-- job is stale or was cancelled. The claim commits without waiting for its WAL flush
+-- (synchronous_commit off for this transaction only): a claim lost to a crash leaves the row
+-- queued while Procrastinate's durable job record re-runs the job, which claims it again, and
+-- the stage's completing transaction, which is synchronous, flushes the claim with it anyway.
+WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true) AS mode),
+claimed AS (
     UPDATE audio_processing_stages
        SET status = 'processing', started_at = now(), completed_at = NULL, attempts = %(attempt)s,
            progress = 0, error = NULL, error_class = NULL
@@ -12,8 +16,9 @@ WITH claimed AS (
        AND status IN ('queued', 'processing')
     RETURNING source_id
 )
-SELECT src.id, src.name, src.path, src.mime_type, src.audio_extraction_path, src.audio_duration_seconds
-  FROM claimed JOIN sources_google src ON src.id = claimed.source_id;
+SELECT src.id, src.name, src.path, src.mime_type, src.audio_extraction_path, src.audio_duration_seconds,
+       async_commit.mode AS commit_mode
+  FROM claimed JOIN sources_google src ON src.id = claimed.source_id CROSS JOIN async_commit;
 
 -- name: lock_stages
 -- Lock a source's stage rows in a fixed order, so concurrent completions serialise without deadlock.
@@ -38,7 +43,10 @@ UPDATE audio_processing_stages
    AND status = 'processing';
 
 -- name: set_progress
+-- Progress is a hint for the monitor: it commits without waiting for its WAL flush (see begin_stage).
+WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true) AS mode)
 UPDATE audio_processing_stages SET progress = %(progress)s
+  FROM async_commit
  WHERE source_id = %(source_id)s AND stage = %(stage)s AND job_id = %(job_id)s AND status = 'processing';
 
 -- name: enqueue_stage
