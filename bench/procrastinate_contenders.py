@@ -27,6 +27,7 @@ from pydantic import SecretStr
 
 from bench.tracker import Tracker
 from dhgq.app import connector_for
+from dhgq.db import task_pool as dhgq_task_pool
 from dhgq.pipeline import Resources, Source, StageJob, StageSpec, enqueue, run_stage
 from dhgq.queries import query
 from dhgq.settings import STAGES, Settings, Stage
@@ -57,9 +58,7 @@ def default_concurrency() -> dict[str, int]:
 
 def task_pool(url: str, concurrency: dict[str, int]) -> ConnectionPool:
     """The tasks' pool, sized as ``dhgq worker`` sizes it (never below one connection per slot)."""
-    size = max(4 + 2 * len(concurrency), sum(concurrency.values()) + 1)
-    return ConnectionPool(url, min_size=1, max_size=size, open=True, check=ConnectionPool.check_connection,
-                          kwargs={"connect_timeout": 10})
+    return dhgq_task_pool(url, max_size=max(4 + 2 * len(concurrency), sum(concurrency.values()) + 1))
 
 
 @asynccontextmanager

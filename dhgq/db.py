@@ -3,12 +3,15 @@ errors into dhgq's (a one-line message naming the host, never a traceback with a
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool
 
 from dhgq.embedded import EmbeddedServer
 from dhgq.errors import DatabaseUnavailable
@@ -77,3 +80,28 @@ def one(cursor: psycopg.Cursor[Row]) -> Row:
     if row is None:
         raise RuntimeError("a query that always returns a row returned none")
     return row
+
+
+IDLE_CHECK_AFTER = 2.0  # seconds in the pool after which a connection is checked before it is lent
+_returned_at: weakref.WeakKeyDictionary[psycopg.Connection, float] = weakref.WeakKeyDictionary()
+
+
+def _remember_return(conn: psycopg.Connection) -> None:
+    _returned_at[conn] = time.monotonic()
+
+
+def _check_if_idle(conn: psycopg.Connection) -> None:
+    if time.monotonic() - _returned_at.get(conn, 0.0) > IDLE_CHECK_AFTER:
+        ConnectionPool.check_connection(conn)
+
+
+def task_pool(url: str, max_size: int) -> ConnectionPool:
+    """The pool that stage code borrows connections from.
+
+    A connection is checked (a round trip) before it is lent only when it sat in the pool for
+    more than IDLE_CHECK_AFTER seconds. One lent a moment ago is as good as checked, and under
+    load the check was one round trip in ten of a stage's. A connection that a server restart
+    broke within that moment fails its stage transiently, and the retry gets a fresh one.
+    """
+    return ConnectionPool(url, min_size=1, max_size=max_size, open=True, check=_check_if_idle,
+                          reset=_remember_return, kwargs={"connect_timeout": 10})

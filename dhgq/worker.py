@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import procrastinate
 from procrastinate.worker import Worker
-from psycopg_pool import ConnectionPool
 
 from dhgq.app import app, connector_for
+from dhgq.db import task_pool
 from dhgq.pipeline import Resources
 from dhgq.queries import query
 from dhgq.settings import STAGES, Settings, Stage
@@ -38,8 +38,7 @@ async def _run(settings: Settings, url: str, queues: list[Stage], once: bool, co
     # threads: fewer than the job slots of four queues, so size it to the slots.
     slots = sum(concurrency or settings.concurrency(queue) for queue in queues)
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(slots + 2, thread_name_prefix="dhgq-job"))
-    pool = ConnectionPool(url, min_size=1, max_size=4 + 2 * len(queues), open=True,
-                          check=ConnectionPool.check_connection, kwargs={"connect_timeout": 10})
+    pool = task_pool(url, max_size=max(4 + 2 * len(queues), slots + 1))
     resources = Resources(settings, pool)
     try:
         with app.replace_connector(connector_for(url)) as bound:
