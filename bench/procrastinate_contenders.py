@@ -28,8 +28,7 @@ from pydantic import SecretStr
 from bench.tracker import Tracker
 from dhgq.app import connector_for
 from dhgq.db import task_pool as dhgq_task_pool
-from dhgq.pipeline import Resources, Source, StageJob, StageSpec, enqueue, run_stage
-from dhgq.queries import query
+from dhgq.pipeline import Resources, Source, StageJob, StageRows, StageSpec, enqueue, run_stage
 from dhgq.settings import STAGES, Settings, Stage
 from dhgq.tasks import job_of
 
@@ -97,20 +96,17 @@ def _save_nothing(conn: psycopg.Connection, source: Source, output: None) -> dic
     return {}
 
 
-def _after_extraction(conn: psycopg.Connection, source: Source) -> None:
+def _after_extraction(conn: psycopg.Connection, source: Source, rows: StageRows) -> None:
     enqueue(conn, source.id, "transcription", "diarization")
 
 
-def _fan_in(conn: psycopg.Connection, source: Source) -> None:
-    """dhgq.tasks.fanin's decision (row locks on both stage rows), without merging speakers."""
-    rows = conn.execute(query("lock_stages"),
-                        {"source_id": source.id, "stages": ["diarization", "transcription"]}).fetchall()
-    statuses = {row[0]: row[1] for row in rows}
-    if all(statuses.get(stage) == "completed" for stage in ("transcription", "diarization")):
+def _fan_in(conn: psycopg.Connection, source: Source, rows: StageRows) -> None:
+    """dhgq.tasks.fanin's decision (on both stage rows, locked by run_stage), without merging speakers."""
+    if all(rows.get(stage, {}).get("status") == "completed" for stage in ("transcription", "diarization")):
         enqueue(conn, source.id, "summarization")
 
 
-def _last(conn: psycopg.Connection, source: Source) -> None:
+def _last(conn: psycopg.Connection, source: Source, rows: StageRows) -> None:
     return None
 
 

@@ -102,6 +102,10 @@ def task_pool(url: str, max_size: int) -> ConnectionPool:
     more than IDLE_CHECK_AFTER seconds. One lent a moment ago is as good as checked, and under
     load the check was one round trip in ten of a stage's. A connection that a server restart
     broke within that moment fails its stage transiently, and the retry gets a fresh one.
+
+    Connections are in autocommit mode: a single statement (a claim, a progress update) is one
+    round trip, where an implicit transaction would add a BEGIN and a COMMIT; several statements
+    that belong together use ``conn.transaction()``.
     """
     return ConnectionPool(url, min_size=1, max_size=max_size, open=True, check=_check_if_idle,
-                          reset=_remember_return, kwargs={"connect_timeout": 10})
+                          reset=_remember_return, kwargs={"connect_timeout": 10, "autocommit": True})

@@ -77,15 +77,19 @@ class StageJob:
         return {"stage": self.stage, "source_id": self.source_id, "job_id": self.job_id, "attempt": self.attempt}
 
 
+StageRows = dict[str, dict[str, Any]]  # stage -> its row (stage, status, job_id, result), locked
+
+
 @dataclass
 class StageSpec(Generic[Output]):
     """What one stage does. ``save`` runs inside the completing transaction and returns the
-    stage row's ``result``; ``then`` queues what follows, in that same transaction."""
+    stage row's ``result``; ``then`` queues what follows, in that same transaction, given the
+    rows of this stage and of ``lock_with``, locked, with this stage's already completed."""
 
     stage: Stage
     work: Callable[[Resources, Source, StageJob], Output]
     save: Callable[[psycopg.Connection, Source, Output], dict[str, Any]]
-    then: Callable[[psycopg.Connection, Source], None]
+    then: Callable[[psycopg.Connection, Source, StageRows], None]
     lock_with: Sequence[Stage] = ()
 
 
@@ -97,7 +101,10 @@ def run_stage(resources: Resources, spec: StageSpec[Output], job: StageJob) -> N
     started = time.monotonic()
     try:
         output = spec.work(resources, source, job)
-        with resources.pool.connection() as conn, conn.transaction():
+        # Pipeline mode: statements whose results nobody reads go out together, so the commit
+        # costs a round trip for the lock (which must be read), one for what save() reads, and
+        # one for the rest with the COMMIT, instead of one per statement.
+        with resources.pool.connection() as conn, conn.pipeline(), conn.transaction():
             rows = _lock(conn, job, (job.stage, *spec.lock_with))
             mine = rows.get(job.stage)
             if mine is None or mine["status"] != "processing" or mine["job_id"] != str(job.job_id):
@@ -108,7 +115,8 @@ def run_stage(resources: Resources, spec: StageSpec[Output], job: StageJob) -> N
             conn.execute(query("complete_stage"),
                          {"source_id": job.source_id, "stage": job.stage, "job_id": str(job.job_id),
                           "result": Jsonb(result)})
-            spec.then(conn, source)
+            mine.update(status="completed", result=result)  # as the row now is, for then()
+            spec.then(conn, source, rows)
         logger.info("stage completed in %.2f s", time.monotonic() - started, extra=job.log)
     except Exception as exc:
         _record_failure(resources, job, exc, source)
@@ -161,8 +169,7 @@ def _record_failure(resources: Resources, job: StageJob, exc: Exception, source:
 
 def enqueue(conn: psycopg.Connection, source_id: str, *stages: Stage) -> None:
     """Queue the next stages in the caller's transaction (the same SQL path as the triggers)."""
-    for stage in stages:
-        conn.execute(query("enqueue_stage"), {"source_id": source_id, "stage": stage})
+    conn.execute(query("enqueue_stages"), {"source_id": source_id, "stages": list(stages)})
 
 
 def report_progress(resources: Resources, job: StageJob, percent: float) -> None:

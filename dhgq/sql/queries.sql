@@ -49,8 +49,8 @@ UPDATE audio_processing_stages SET progress = %(progress)s
   FROM async_commit
  WHERE source_id = %(source_id)s AND stage = %(stage)s AND job_id = %(job_id)s AND status = 'processing';
 
--- name: enqueue_stage
-SELECT dhgq_enqueue_stage_v1(%(source_id)s, %(stage)s);
+-- name: enqueue_stages
+SELECT dhgq_enqueue_stage_v1(%(source_id)s, stage) FROM unnest(%(stages)s::text[]) AS stage;
 
 -- name: start_pipeline
 SELECT dhgq_start_pipeline_v1(%(source_id)s);

@@ -13,7 +13,7 @@ from dhgq.app import app, retry_strategy
 from dhgq.errors import PermanentError
 from dhgq.media.extraction import extract_audio
 from dhgq.media.types import ExtractionResult
-from dhgq.pipeline import Resources, Source, StageJob, StageSpec, enqueue, run_stage
+from dhgq.pipeline import Resources, Source, StageJob, StageRows, StageSpec, enqueue, run_stage
 from dhgq.queries import query
 from dhgq.tasks import job_of
 
@@ -37,7 +37,7 @@ def save(conn: psycopg.Connection, source: Source, out: ExtractionResult) -> dic
             "video_codec": probe.video_codec, "sample_rate": probe.sample_rate}
 
 
-def then(conn: psycopg.Connection, source: Source) -> None:
+def then(conn: psycopg.Connection, source: Source, rows: StageRows) -> None:
     enqueue(conn, source.id, "transcription", "diarization")  # side by side: a graph, not a chain
 
 

@@ -16,14 +16,12 @@ from psycopg.types.json import Jsonb
 from dhgq.errors import PermanentError
 from dhgq.media.serialize import diarization_from_dict, transcript_from_dict, transcript_to_dict
 from dhgq.media.speakers import assign_speakers
-from dhgq.pipeline import Source, enqueue
+from dhgq.pipeline import Source, StageRows, enqueue
 from dhgq.queries import query
 
 
-def after_transcription_or_diarization(conn: psycopg.Connection, source: Source) -> None:
-    cur = conn.cursor(row_factory=dict_row)
-    rows = {r["stage"]: r for r in cur.execute(
-        query("lock_stages"), {"source_id": source.id, "stages": ["diarization", "transcription"]})}
+def after_transcription_or_diarization(conn: psycopg.Connection, source: Source, rows: StageRows) -> None:
+    """``rows`` holds both stage rows, locked by the completing transaction (lock_with)."""
     if any(rows.get(stage, {}).get("status") != "completed" for stage in ("transcription", "diarization")):
         return  # the other one is still running; its completion will do this
     merge_speakers(conn, source, rows["diarization"]["result"])

@@ -16,7 +16,7 @@ from dhgq.media.extractive import summarize_extractive
 from dhgq.media.serialize import transcript_from_dict
 from dhgq.media.summarization import summarize
 from dhgq.media.types import Summary
-from dhgq.pipeline import Resources, Source, StageJob, StageSpec, run_stage
+from dhgq.pipeline import Resources, Source, StageJob, StageRows, StageSpec, run_stage
 from dhgq.queries import query
 from dhgq.tasks import job_of
 
@@ -46,7 +46,7 @@ def save(conn: psycopg.Connection, source: Source, summary: Summary) -> dict[str
             "output_tokens": summary.details.get("output_tokens")}
 
 
-def then(conn: psycopg.Connection, source: Source) -> None:
+def then(conn: psycopg.Connection, source: Source, rows: StageRows) -> None:
     """The last stage: nothing follows."""
 
 
