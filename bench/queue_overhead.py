@@ -4,12 +4,15 @@ against plain Procrastinate, BullMQ with PostgreSQL status writes, and pgbench a
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 from bench import cpu
@@ -110,6 +113,18 @@ def measure(outcome: Outcome, contender: Contender, url: str, options: Options, 
     print(f"  {contender.key}: {run.pipelines_per_s:.1f} pipelines/s", file=sys.stderr, flush=True)
 
 
+def _bullmq_round(send: Connection, outcome: Outcome, url: str, workdir: Path, options: Options,
+                  server_pid: int) -> None:
+    """The BullMQ contender's round, in a child process; the outcome goes back through ``send``."""
+    from bench.bullmq_contender import BullmqContender
+
+    server = SimpleNamespace(info=SimpleNamespace(pid=server_pid))
+    with redis_server(workdir / "redis") as redis:
+        measure(outcome, BullmqContender(url, redis.url, options.concurrency), url, options,
+                server, redis.pid)  # type: ignore[arg-type]
+        send.send(outcome)
+
+
 def run_section(pg: Postgres, workdir: Path, options: Options) -> tuple[Section, dict[str, Any]]:
     from bench.bullmq_contender import BullmqContender
 
@@ -127,14 +142,25 @@ def run_section(pg: Postgres, workdir: Path, options: Options) -> tuple[Section,
         measure(outcomes["plain"], PlainContender(url, options.concurrency), url, options, pg)
 
     def bullmq() -> None:
-        # One round only: the bullmq package keeps state across event loops, and a second round in
-        # the same process has hung (twice here) before its first job ran.
+        # One round, in a child process that is killed if it hangs: the bullmq package has stopped
+        # delivering jobs mid-run here, and its Worker.close then spins forever.
         if outcomes["bullmq"].skipped or outcomes["bullmq"].runs:
             return
         url = pg.database("bullmq", migrated=False)
-        with redis_server(workdir / "redis") as redis:
-            contender = BullmqContender(url, redis.url, options.concurrency)
-            measure(outcomes["bullmq"], contender, url, options, pg, redis.pid)
+        context = multiprocessing.get_context("spawn")
+        receive, send = context.Pipe(duplex=False)
+        child = context.Process(target=_bullmq_round, name="bench-bullmq",
+                                args=(send, outcomes["bullmq"], url, workdir, options, pg.info.pid))
+        child.start()
+        send.close()
+        limit = options.timeout + 120
+        if receive.poll(limit):
+            outcomes["bullmq"] = receive.recv()
+        else:
+            outcomes["bullmq"].skipped = (f"its run did not finish within {limit:.0f} s and was stopped (the bullmq "
+                                          "package stopped delivering jobs; it has done so before here)")
+        child.kill()
+        child.join()
 
     order: list[Callable[[], None]] = [dhgq, plain, bullmq]
     for round_number in range(options.rounds):
