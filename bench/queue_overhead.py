@@ -4,10 +4,13 @@ against plain Procrastinate, BullMQ with PostgreSQL status writes, and pgbench a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
+import signal
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -120,9 +123,10 @@ def _bullmq_round(send: Connection, outcome: Outcome, url: str, workdir: Path, o
 
     server = SimpleNamespace(info=SimpleNamespace(pid=server_pid))
     with redis_server(workdir / "redis") as redis:
+        send.send(("redis", redis.pid))  # so that the parent can stop it if this process is killed
         measure(outcome, BullmqContender(url, redis.url, options.concurrency), url, options,
                 server, redis.pid)  # type: ignore[arg-type]
-        send.send(outcome)
+        send.send(("outcome", outcome))
 
 
 def run_section(pg: Postgres, workdir: Path, options: Options) -> tuple[Section, dict[str, Any]]:
@@ -154,13 +158,28 @@ def run_section(pg: Postgres, workdir: Path, options: Options) -> tuple[Section,
         child.start()
         send.close()
         limit = options.timeout + 120
-        if receive.poll(limit):
-            outcomes["bullmq"] = receive.recv()
+        deadline, redis_pid = time.monotonic() + limit, None
+        while receive.poll(max(0.0, deadline - time.monotonic())):
+            try:
+                kind, value = receive.recv()
+            except EOFError:
+                outcomes["bullmq"].skipped = f"its process ended without a result (exit code {child.exitcode})"
+                break
+            if kind == "redis":
+                redis_pid = value
+            else:
+                outcomes["bullmq"] = value
+                break
         else:
             outcomes["bullmq"].skipped = (f"its run did not finish within {limit:.0f} s and was stopped (the bullmq "
                                           "package stopped delivering jobs; it has done so before here)")
-        child.kill()
-        child.join()
+        child.join(30)  # it stops Redis on its way out, unless bullmq hangs it
+        if child.is_alive():
+            child.kill()
+            child.join()
+        if redis_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(redis_pid, signal.SIGKILL)
 
     order: list[Callable[[], None]] = [dhgq, plain, bullmq]
     for round_number in range(options.rounds):
