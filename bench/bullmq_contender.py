@@ -12,7 +12,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from bench.procrastinate_contenders import CHAIN, CHAIN_TERMINAL, LAUNCHERS
+from bench.procrastinate_contenders import CHAIN, CHAIN_TERMINAL, SourceInserter
 from bench.tracker import Tracker
 from dhgq.settings import STAGES
 
@@ -31,7 +31,6 @@ CREATE TABLE audio_processing_stages (
 CREATE INDEX ON audio_processing_stages (job_id);
 CREATE INDEX ON audio_processing_stages (status);
 """
-INSERT_SOURCE = "INSERT INTO sources_google (id, name, path, mime_type) VALUES (%s, %s, %s, 'video/mp4')"
 UPSERT_STATUS = """
 INSERT INTO audio_processing_stages AS s
        (source_id, stage, status, job_id, queue_name, started_at, completed_at)
@@ -91,13 +90,11 @@ class BullmqContender:
         workers = [Worker(stage, processor(stage), {"connection": self.redis_url, "concurrency": slots})
                    for stage, slots in self.concurrency.items()]
 
-        launcher = AsyncConnectionPool(self.url, min_size=LAUNCHERS, max_size=LAUNCHERS, open=False,
-                                       kwargs={"autocommit": True})
-        await launcher.open(wait=True)
+        sources = SourceInserter(self.url)
+        await sources.open()
 
         async def launch(key: str) -> None:
-            async with launcher.connection() as conn:
-                await conn.execute(INSERT_SOURCE, (key, f"{key}.mp4", f"/bench/{key}.mp4"))
+            await sources.insert(key)
             await add(key, "extraction")
 
         try:
@@ -111,5 +108,5 @@ class BullmqContender:
             except TimeoutError:  # the figures are taken; a worker that will not close is not one of them
                 logging.getLogger("bench").warning("BullMQ workers did not close within 30 s")
             finally:
-                await launcher.close()
+                await sources.close()
                 await pool.close()

@@ -55,6 +55,24 @@ def default_concurrency() -> dict[str, int]:
     return {stage: settings.concurrency(stage) for stage in STAGES}
 
 
+class SourceInserter:
+    """Inserts each pipeline's source row, on LAUNCHERS autocommit connections of its own."""
+
+    def __init__(self, url: str) -> None:
+        self._pool = AsyncConnectionPool(url, min_size=LAUNCHERS, max_size=LAUNCHERS, open=False,
+                                         kwargs={"autocommit": True})
+
+    async def open(self) -> None:
+        await self._pool.open(wait=True)
+
+    async def insert(self, key: str) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(INSERT_SOURCE, (key, f"{key}.mp4", f"/bench/{key}.mp4"))
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
 def task_pool(url: str, concurrency: dict[str, int]) -> ConnectionPool:
     """The tasks' pool, sized as ``dhgq worker`` sizes it (never below one connection per slot)."""
     return dhgq_task_pool(url, max_size=max(4 + 2 * len(concurrency), sum(concurrency.values()) + 1))
@@ -150,19 +168,13 @@ class DhgqContender:
             app.task(name=f"dhgq.{stage}", queue=stage, pass_context=True)(dhgq_task(stage, tracker))
         settings = Settings(database_url=SecretStr(self.url), home=self.home)
         resources = Resources(settings, task_pool(self.url, self.concurrency))
-        launcher = AsyncConnectionPool(self.url, min_size=LAUNCHERS, max_size=LAUNCHERS, open=False,
-                                       kwargs={"autocommit": True})
-        await launcher.open(wait=True)
-
-        async def launch(key: str) -> None:
-            async with launcher.connection() as conn:
-                await conn.execute(INSERT_SOURCE, (key, f"{key}.mp4", f"/bench/{key}.mp4"))
-
+        sources = SourceInserter(self.url)
+        await sources.open()
         try:
             async with serving(app, self.concurrency, {"dhgq": resources}):
-                yield launch
+                yield sources.insert  # the INSERT's trigger starts the pipeline
         finally:
-            await launcher.close()
+            await sources.close()
             await asyncio.to_thread(resources.close)
 
 

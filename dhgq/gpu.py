@@ -71,16 +71,14 @@ class LocalBackend:
     """The engines of ``dhgq.media``, in this process (models cached per process)."""
 
     name = "local"
+    # Threads per model (None: the libraries' defaults, all cores). A worker's model hosts set it:
+    # they run transcription and diarization side by side, and left alone CTranslate2 and torch
+    # each start a thread per core and fight over the cores (on 2 cores the pair took 45 s on a
+    # 10-minute talk, against 30 s with one thread each).
+    cpu_threads: int | None = None
 
-    def __init__(self, settings: Settings, *, cpu_threads: int | None = None) -> None:
-        """``cpu_threads`` caps each model's threads (None: the libraries' defaults, all cores).
-
-        A worker runs transcription and diarization side by side; left alone, CTranslate2 and
-        torch each start a thread per core and the two pools fight over the cores (on 2 cores
-        the pair took 45 s on a 10-minute talk, against 30 s with one thread each).
-        """
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.cpu_threads = cpu_threads
 
     def transcription_engine(self, model: str) -> TranscriptionEngine:
         from dhgq.media.transcription import load_engine
