@@ -15,7 +15,7 @@ REGISTER_EVERY = 10.0  # seconds; a registration lapses after 30
 def listen_forever(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         while True:
-            conn.execute("SELECT dhgq_listen_stages_v1()")
+            conn.execute("SELECT dhgq.listen_stages_v1()")
             until = time.monotonic() + REGISTER_EVERY
             while time.monotonic() < until:
                 for _ in conn.notifies(timeout=1.0):

@@ -27,7 +27,7 @@ TARGET_WORKER_MB = 1500  # issue 9: peak memory of a worker on a 10-minute talk
 OPENAI_SECONDS = 60.0  # openai-whisper runs on this much of the talk
 INSERT_SOURCE = "INSERT INTO sources_google (name, path, mime_type) VALUES (%s, %s, 'video/mp4') RETURNING id"
 STAGE_ROWS = """SELECT stage, status, error, (result->>'stage_seconds')::float
-                  FROM audio_processing_stages WHERE source_id = %s"""
+                  FROM dhgq.audio_processing_stages WHERE source_id = %s"""
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -28,6 +28,7 @@ from pydantic import SecretStr
 from bench.tracker import Tracker
 from dhgq.app import connector_for
 from dhgq.db import task_pool as dhgq_task_pool
+from dhgq.db import with_search_path
 from dhgq.pipeline import Resources, Source, StageJob, StageRows, StageSpec, enqueue, run_stage
 from dhgq.settings import STAGES, Settings, Stage
 from dhgq.tasks import job_of
@@ -187,7 +188,7 @@ class ListenedDhgqContender(DhgqContender):
 
     In PostgreSQL a committing transaction that has sent a NOTIFY takes a server-wide lock until
     its commit is flushed, so such commits queue behind each other. dhgq's trigger notifies only
-    while someone listens (dhgq_listen_stages_v1); this round measures what an open monitor costs.
+    while someone listens (dhgq.listen_stages_v1); this round measures what an open monitor costs.
     """
 
     name = "dhgq, diagnostic: with a monitor listening (stage NOTIFYs on)"
@@ -209,7 +210,7 @@ def _wait_for_listener(url: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     with psycopg.connect(url, autocommit=True) as conn:
         while time.monotonic() < deadline:
-            if conn.execute("SELECT count(*) FROM dhgq_stage_listeners").fetchone() != (0,):
+            if conn.execute("SELECT count(*) FROM dhgq.stage_listeners").fetchone() != (0,):
                 return
             time.sleep(0.1)
     raise RuntimeError("the stand-in monitor did not start listening")
@@ -248,13 +249,13 @@ class PlainContender:
     async def running(self, tracker: Tracker) -> AsyncIterator[Callable[[str], Any]]:
         app = procrastinate.App(connector=connector_for(self.url))
         # Defers on the task's own connection go through a sync connector (Procrastinate >= 3.8).
-        deferrer = procrastinate.App(connector=procrastinate.SyncPsycopgConnector(conninfo=self.url))
+        deferrer = procrastinate.App(connector=procrastinate.SyncPsycopgConnector(conninfo=with_search_path(self.url)))
         pool = task_pool(self.url, self.concurrency)
         for stage in STAGES:
             app.task(name=f"plain.{stage}", queue=stage)(plain_task(stage, tracker, pool, deferrer))
         # Starts go through their own pool, as dhgq's INSERTs do, not the workers' one.
         launcher = procrastinate.App(connector=procrastinate.PsycopgConnector(
-            conninfo=self.url, min_size=LAUNCHERS, max_size=LAUNCHERS))
+            conninfo=with_search_path(self.url), min_size=LAUNCHERS, max_size=LAUNCHERS))
         first = launcher.configure_task("plain.extraction", queue="extraction")
 
         async def launch(key: str) -> None:

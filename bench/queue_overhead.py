@@ -275,7 +275,7 @@ def _notes(outcomes: dict[str, Outcome], limit: PgbenchResult) -> str:
     lines.append("- `Lock:object` is the server-wide lock a committing transaction takes when it has sent "
                  "a NOTIFY, held until its commit record is flushed: commits that NOTIFY queue behind each "
                  "other and behind the WAL flush. Procrastinate NOTIFYs in every defer (both contenders); dhgq's "
-                 "stage trigger (dhgq_stage_changed_v1, on every stage-row change) adds a NOTIFY to its claim and "
+                 "stage trigger (dhgq.stage_changed_v1, on every stage-row change) adds a NOTIFY to its claim and "
                  "completing transactions only while a monitor listens (the diagnostic round). "
                  "`waiting for the client inside a transaction` is a backend idle in an open transaction "
                  "while the Python side (threads sharing one GIL) gets round to its next statement.")
@@ -284,9 +284,9 @@ def _notes(outcomes: dict[str, Outcome], limit: PgbenchResult) -> str:
                  f"{STAGES_PER_PIPELINE * dhgq.rate / limit.transitions_per_s:.0%} of it.")
     lines.append("- dhgq per transition: Procrastinate's fetch and finish, plus its own claim (begin_stage "
                  "and the source row, one statement, committed without waiting for its WAL flush) and its "
-                 "completing transaction in pipeline mode (row locks, complete_stage, dhgq_enqueue_stage_v1 "
+                 "completing transaction in pipeline mode (row locks, complete_stage, dhgq.enqueue_stage_v1 "
                  "for the next stages, the fan-in's decision), each stage-row write firing "
-                 "dhgq_stage_changed_v1 (a look for listeners, and for sources that users requested through "
+                 "dhgq.stage_changed_v1 (a look for listeners, and for sources that users requested through "
                  "processing_jobs, the status aggregate and their UPDATE). Plain Procrastinate makes "
                  "the fetch, one defer transaction and the finish. With the driver and every worker in one "
                  "Python process, pipelines/s is about the bench process's busy cores divided by its CPU "

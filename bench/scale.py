@@ -24,10 +24,10 @@ WORKERS = 2
 COUNT_DONE = """
 SELECT count(*) FILTER (WHERE stage = 'summarization' AND status = 'completed'),
        count(DISTINCT source_id) FILTER (WHERE status = 'failed')
-  FROM audio_processing_stages
+  FROM dhgq.audio_processing_stages
 """
 COMPLETIONS = """
-SELECT extract(epoch FROM completed_at) FROM audio_processing_stages
+SELECT extract(epoch FROM completed_at) FROM dhgq.audio_processing_stages
  WHERE stage = 'summarization' AND status = 'completed' ORDER BY completed_at
 """
 

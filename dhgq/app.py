@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import procrastinate
 
+from dhgq.db import with_search_path
 from dhgq.settings import get_settings
 
 STAGE_MODULES = [
@@ -26,8 +30,37 @@ def retry_strategy() -> procrastinate.RetryStrategy:
     )
 
 
-app = procrastinate.App(connector=procrastinate.PsycopgConnector(), import_paths=STAGE_MODULES)
+class DhgqConnector(procrastinate.PsycopgConnector):
+    """Procrastinate's psycopg connector on dhgq's database, with dhgq's search_path.
+
+    Without a URL it finds the database when first opened, as the dhgq command does
+    (``DHGQ_DATABASE_URL``, else the embedded server, started if needed): so Procrastinate's
+    own tools work on this app, ``procrastinate --app dhgq.app.app healthchecks`` or ``shell``.
+    """
+
+    def __init__(self, url: str | None = None) -> None:
+        super().__init__(kwargs={"connect_timeout": 10})
+        if url is not None:
+            self._pool_args["conninfo"] = with_search_path(url)
+
+    def _find_database(self) -> None:
+        if "conninfo" not in self._pool_args:
+            from dhgq.db import database_url
+
+            self._pool_args["conninfo"] = with_search_path(database_url(get_settings()))
+
+    async def open_async(self, pool: Any = None) -> None:
+        if pool is None:
+            await asyncio.to_thread(self._find_database)
+        await super().open_async(pool)
+
+    def get_sync_connector(self) -> Any:
+        self._find_database()
+        return super().get_sync_connector()
+
+
+app = procrastinate.App(connector=DhgqConnector(), import_paths=STAGE_MODULES)
 
 
 def connector_for(url: str) -> procrastinate.PsycopgConnector:
-    return procrastinate.PsycopgConnector(conninfo=url, kwargs={"connect_timeout": 10})
+    return DhgqConnector(url)

@@ -1,5 +1,10 @@
 """Connections: which database to use, how to reach it, and one place that turns psycopg's
-errors into dhgq's (a one-line message naming the host, never a traceback with a DSN)."""
+errors into dhgq's (a one-line message naming the host, never a traceback with a DSN).
+
+Every connection dhgq makes (workers, CLI, monitor, Procrastinate's own) searches schema
+``dhgq`` before ``public``: the queue and the stage machinery live in ``dhgq``, out of reach of
+Supabase's Data API, and are named unqualified, as Procrastinate's SQL names its tables.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +34,19 @@ def database_url(settings: Settings, *, start: bool = True) -> str:
     return info.url()
 
 
+PIPELINE_SCHEMA = "dhgq"
+SEARCH_PATH = f"{PIPELINE_SCHEMA},public"
+
+
+def with_search_path(url: str) -> str:
+    """The connection string with dhgq's search_path added to any server options it has."""
+    try:
+        options = conninfo_to_dict(url).get("options") or ""
+    except psycopg.ProgrammingError:
+        return url  # connect() reports the unparseable string
+    return make_conninfo(url, options=f"{options} -c search_path={SEARCH_PATH}".strip())
+
+
 def describe_host(url: str) -> str:
     """host:port/dbname of a connection string, for messages."""
     try:
@@ -53,10 +71,16 @@ def mask_url(url: str) -> str:
     return make_conninfo("", **parts)
 
 
-def connect(url: str, *, autocommit: bool = False, timeout: float = 10.0) -> psycopg.Connection:
-    """A connection, or DatabaseUnavailable with a one-line reason naming the host."""
+def connect(url: str, *, autocommit: bool = False, timeout: float = 10.0,
+            search_path: bool = True) -> psycopg.Connection:
+    """A connection, or DatabaseUnavailable with a one-line reason naming the host.
+
+    ``search_path=False`` leaves the server's default, as migrations need: they must create
+    objects where ``supabase db push`` would.
+    """
+    conninfo = with_search_path(url) if search_path else url
     try:
-        return psycopg.connect(url, autocommit=autocommit, connect_timeout=int(max(1, timeout)))
+        return psycopg.connect(conninfo, autocommit=autocommit, connect_timeout=int(max(1, timeout)))
     except psycopg.Error as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise DatabaseUnavailable(f"cannot connect to the database at {describe_host(url)}: {reason}") from None
@@ -107,5 +131,5 @@ def task_pool(url: str, max_size: int) -> ConnectionPool:
     round trip, where an implicit transaction would add a BEGIN and a COMMIT; several statements
     that belong together use ``conn.transaction()``.
     """
-    return ConnectionPool(url, min_size=1, max_size=max_size, open=True, check=_check_if_idle,
+    return ConnectionPool(with_search_path(url), min_size=1, max_size=max_size, open=True, check=_check_if_idle,
                           reset=_remember_return, kwargs={"connect_timeout": 10, "autocommit": True})

@@ -5,6 +5,11 @@ shipped in the ``pgserver`` wheel), kept under ``DHGQ_HOME/pg`` and left running
 processes: the first process starts it, the next ones find it and reuse it. A file lock makes
 starting safe from several processes at once. PostgreSQL refuses to run as root, so as root the
 server runs as an unprivileged system user.
+
+Every connection needs the superuser's password (scram-sha-256): initdb sets a random one, kept in
+``DHGQ_HOME/pg/password`` (mode 0600, readable by the user running dhgq only), so other users of the
+machine cannot connect as the superuser. Data directories made by older versions with ``trust`` are
+switched over on their next ``start()``.
 """
 
 from __future__ import annotations
@@ -13,34 +18,49 @@ import fcntl
 import json
 import os
 import pwd
+import re
+import secrets
 import shutil
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from dhgq.errors import ConfigurationError, DatabaseUnavailable
+
+if TYPE_CHECKING:
+    import psycopg
 
 DATABASE_NAME = "dhgq"
 SUPERUSER = "postgres"
 SERVICE_USERS = ("postgres", "dhgq")
+AUTH_METHOD = "scram-sha-256"
 
 
 @dataclass(frozen=True)
 class ServerInfo:
-    """Where a running embedded server listens."""
+    """Where a running embedded server listens, and the superuser's credentials (the password kept out of repr)."""
 
     data_dir: Path
     port: int
     pid: int | None
     bin_dir: Path
+    user: str
+    password: str = field(repr=False)
 
     def url(self, database: str = DATABASE_NAME) -> str:
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+        """A libpq URL with the credentials in it: the server asks every client for the password."""
+        auth = quote(self.user, safe="")
+        if self.password:  # empty only for a data directory still on trust, before start() upgrades it
+            auth += ":" + quote(self.password, safe="")
+        return f"postgresql://{auth}@127.0.0.1:{self.port}/{quote(database, safe='')}"
 
 
 def find_bin_dir() -> Path:
@@ -85,21 +105,35 @@ def _version_key(path: Path) -> float:
 
 
 class EmbeddedServer:
-    """Start, find and stop the server that lives in ``home/pg``."""
+    """Start, find and stop the server that lives in ``home/pg``.
 
-    def __init__(self, home: Path, bin_dir: Path | None = None) -> None:
+    ``superuser`` names the superuser of a new data directory (hosted Supabase calls it ``supabase_admin``, so
+    that an ordinary role ``postgres`` can exist). It is recorded in ``server.json``: later objects made with the
+    default find the data directory's own name there.
+    """
+
+    def __init__(self, home: Path, bin_dir: Path | None = None, *, superuser: str = SUPERUSER) -> None:
         self.home = home
         self.root = home / "pg"
         self.data_dir = self.root / "data"
         self.state_file = self.root / "server.json"
         self.log_file = self.root / "server.log"
+        self.password_file = self.root / "password"
         self._bin_dir = bin_dir
+        self._requested_superuser = superuser
 
     @property
     def bin_dir(self) -> Path:
         if self._bin_dir is None:
             self._bin_dir = find_bin_dir()
         return self._bin_dir
+
+    @property
+    def superuser(self) -> str:
+        """The data directory's superuser: the one asked for until initdb ran, then the one it recorded."""
+        if not (self.data_dir / "PG_VERSION").exists():
+            return self._requested_superuser
+        return str((self._read_state() or {}).get("superuser", SUPERUSER))  # unrecorded: made before the option
 
     def status(self) -> ServerInfo | None:
         """The running server, or None when it is not running."""
@@ -109,29 +143,16 @@ class EmbeddedServer:
             return None
         if not _port_open(state["port"]):
             return None
-        return ServerInfo(self.data_dir, state["port"], pid, Path(state["bin_dir"]))
+        return self._info(state["port"], pid, Path(state["bin_dir"]))
 
     def start(self, timeout: float = 60.0) -> ServerInfo:
         """Start the server unless it runs already; safe to call from many processes at once."""
         with self._lock():
-            running = self.status()
-            if running:
-                return running
-            user = _service_user()
-            if not (self.data_dir / "PG_VERSION").exists():
-                self._initdb(user)
-            elif user is not None:
-                _make_traversable(self.root, user)  # a parent's mode may have changed since initdb
-            previous = (self._read_state() or {}).get("port")
-            port = previous if previous and not _port_open(previous) else _free_port()
-            self._run(
-                [str(self.bin_dir / "pg_ctl"), "start", "-D", str(self.data_dir), "-l", str(self.log_file),
-                 "-w", "-t", str(int(timeout)),
-                 "-o", f"-p {port} -k {self.data_dir} -c listen_addresses=127.0.0.1"],
-                user, "start the embedded PostgreSQL server",
-            )
-            self.state_file.write_text(json.dumps({"port": port, "bin_dir": str(self.bin_dir)}))
-            self._create_database(port)
+            self._check_superuser()
+            if self.status() is None:
+                self._launch(_service_user(), timeout)
+            if self._hba_trusts():
+                self._require_password()
             info = self.status()
             if info is None:
                 raise DatabaseUnavailable(f"embedded PostgreSQL did not start; see {self.log_file}")
@@ -149,24 +170,111 @@ class EmbeddedServer:
                       user, "stop the embedded PostgreSQL server")
             return True
 
+    def _info(self, port: int, pid: int | None, bin_dir: Path) -> ServerInfo:
+        return ServerInfo(self.data_dir, port, pid, bin_dir, self.superuser, self._read_password())
+
+    def _check_superuser(self) -> None:
+        """A superuser asked for by name that the existing data directory does not have is an error, not a guess."""
+        actual = self.superuser
+        if self._requested_superuser not in (SUPERUSER, actual):
+            raise ConfigurationError(
+                f"the embedded server in {self.root} was created with superuser {actual!r}, "
+                f"not {self._requested_superuser!r}"
+            )
+
+    def _launch(self, user: pwd.struct_passwd | None, timeout: float) -> None:
+        """initdb when there is no data directory yet, then pg_ctl start, on the previous port while it is free."""
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb(user)
+        elif user is not None:
+            _make_traversable(self.root, user)  # a parent's mode may have changed since initdb
+        previous = (self._read_state() or {}).get("port")
+        port = previous if previous and not _port_open(previous) else _free_port()
+        self._run(
+            [str(self.bin_dir / "pg_ctl"), "start", "-D", str(self.data_dir), "-l", str(self.log_file),
+             "-w", "-t", str(int(timeout)),
+             "-o", f"-p {port} -k {self.data_dir} -c listen_addresses=127.0.0.1"],
+            user, "start the embedded PostgreSQL server",
+        )
+        self._write_state(port=port, bin_dir=str(self.bin_dir), superuser=self.superuser)
+        self._create_database(port)
+
     def _initdb(self, user: pwd.struct_passwd | None) -> None:
+        """A new data directory whose superuser has a random password (stored first: a crash leaves no orphan)."""
         self.root.mkdir(parents=True, exist_ok=True)
         if user is not None:
             _make_traversable(self.root, user)
-        self._run(
-            [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER, "-A", "trust",
-             "-E", "UTF8", "--no-instructions"],
-            user, "initialise the embedded PostgreSQL data directory",
-        )
+        password = secrets.token_urlsafe(24)
+        _write_private(self.password_file, password)
+        self._write_state(superuser=self._requested_superuser)
+        with self._pwfile(password, user) as pwfile:
+            self._run(
+                [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", self._requested_superuser,
+                 f"--auth={AUTH_METHOD}", f"--pwfile={pwfile}", "-E", "UTF8", "--no-instructions"],
+                user, "initialise the embedded PostgreSQL data directory",
+            )
+
+    @contextmanager
+    def _pwfile(self, password: str, user: pwd.struct_passwd | None) -> Iterator[Path]:
+        """The password for initdb, in a file the service user alone can read, deleted right after."""
+        fd, name = tempfile.mkstemp(dir=self.root, prefix=".initdb-pwfile-")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                if user is not None:
+                    os.fchown(handle.fileno(), user.pw_uid, user.pw_gid)
+                handle.write(password + "\n")
+            yield Path(name)
+        finally:
+            Path(name).unlink(missing_ok=True)
 
     def _create_database(self, port: int) -> None:
-        import psycopg
+        from psycopg import sql
 
-        with psycopg.connect(ServerInfo(self.data_dir, port, None, self.bin_dir).url("postgres"),
-                             autocommit=True) as conn:
+        with _connect(self._info(port, None, self.bin_dir), "postgres", "create the dhgq database") as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
             if not exists:
-                conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE_NAME)))
+
+    def _hba_trusts(self) -> bool:
+        """Whether pg_hba.conf still lets clients in without a password (a data directory from before passwords)."""
+        try:
+            text = (self.data_dir / "pg_hba.conf").read_text()
+        except FileNotFoundError:
+            return False
+        return _without_trust(text) != text
+
+    def _require_password(self) -> None:
+        """Upgrade a running server made with trust: give the superuser a password, then make pg_hba.conf ask for it.
+
+        Each step can be repeated, so a crash half-way is mended by the next start (pg_hba.conf still trusts).
+        """
+        password = self._read_password()
+        if not password:
+            _write_private(self.password_file, secrets.token_urlsafe(24))
+        info = self.status()
+        if info is None:
+            raise DatabaseUnavailable(f"embedded PostgreSQL is not running; see {self.log_file}")
+        with _connect(info, "postgres", "set the embedded server's superuser password") as conn:
+            _set_password(conn, info.user, info.password)
+            self._rewrite_hba()
+            _reload(conn, info)
+
+    def _rewrite_hba(self) -> None:
+        hba = self.data_dir / "pg_hba.conf"
+        _write_atomically(hba, _without_trust(hba.read_text()), like=hba.stat())
+
+    def _read_password(self) -> str:
+        """The superuser's password; empty for a data directory still on trust (made before passwords)."""
+        try:
+            fd = os.open(self.password_file, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return ""
+        except OSError as exc:
+            raise DatabaseUnavailable(
+                f"cannot read the embedded server's password in {self.password_file}: {exc.strerror}"
+            ) from None
+        with os.fdopen(fd) as handle:
+            return handle.read().strip()
 
     def _run(self, cmd: list[str], user: pwd.struct_passwd | None, what: str) -> None:
         if user is not None:  # the binaries may sit in a venv below a private directory
@@ -183,6 +291,9 @@ class EmbeddedServer:
         except (FileNotFoundError, ValueError):
             return None
 
+    def _write_state(self, **values: Any) -> None:
+        self.state_file.write_text(json.dumps({**(self._read_state() or {}), **values}))
+
     def _postmaster_pid(self) -> int | None:
         try:
             return int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
@@ -198,6 +309,88 @@ class EmbeddedServer:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _connect(info: ServerInfo, database: str, what: str) -> Iterator[psycopg.Connection]:
+    """An autocommit superuser connection; its errors become one-line DatabaseUnavailable without the password."""
+    import psycopg
+
+    try:
+        with psycopg.connect(info.url(database), autocommit=True, connect_timeout=10) as conn:
+            yield conn
+    except psycopg.Error as exc:
+        reason = _one_line(exc, info.password)
+        raise DatabaseUnavailable(f"could not {what} on 127.0.0.1:{info.port}: {reason}") from None
+
+
+def _one_line(exc: BaseException, secret: str) -> str:
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text.replace(secret, "***") if secret else text
+
+
+def _set_password(conn: psycopg.Connection, role: str, password: str) -> None:
+    """Send a SCRAM verifier made here: the plain password reaches neither the server nor its log."""
+    from psycopg import sql
+
+    conn.execute("SET password_encryption = 'scram-sha-256'")
+    verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), AUTH_METHOD.encode()).decode()
+    conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(verifier)))
+
+
+def _reload(conn: psycopg.Connection, info: ServerInfo, timeout: float = 10.0) -> None:
+    """Reload the configuration and wait until the postmaster has: connections made after it get the new rules.
+
+    pg_reload_conf() only signals the postmaster; a new session's pg_conf_load_time() moves once it has reloaded.
+    """
+    before = _scalar(conn, "SELECT pg_conf_load_time()")
+    conn.execute("SELECT pg_reload_conf()")
+    deadline = time.monotonic() + timeout
+    while True:
+        with _connect(info, "postgres", "reload the embedded server's configuration") as probe:
+            if _scalar(probe, "SELECT pg_conf_load_time()") > before:
+                break
+        if time.monotonic() > deadline:
+            log = info.data_dir.parent / "server.log"
+            raise DatabaseUnavailable(f"embedded PostgreSQL did not reload pg_hba.conf; see {log}")
+        time.sleep(0.05)
+    if _scalar(conn, "SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL OR auth_method = 'trust'"):
+        raise DatabaseUnavailable(f"pg_hba.conf in {info.data_dir} still lets clients in without a password")
+
+
+def _scalar(conn: psycopg.Connection, query: str) -> Any:
+    row = conn.execute(query).fetchone()
+    return None if row is None else row[0]
+
+
+def _without_trust(text: str) -> str:
+    """pg_hba.conf with every ``trust`` method made scram-sha-256 (comments left as they are)."""
+    lines = []
+    for line in text.splitlines(keepends=True):
+        rule, hash_, comment = line.partition("#")
+        lines.append(re.sub(r"(?<!\S)trust(?!\S)", AUTH_METHOD, rule) + hash_ + comment)
+    return "".join(lines)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """A file only the user running dhgq can read (mode 0600), replaced at once: readers see all of it or none."""
+    _write_atomically(path, text)
+
+
+def _write_atomically(path: Path, text: str, *, like: os.stat_result | None = None) -> None:
+    """Write through a temporary file (mode 0600, or the mode and owner of ``like``) renamed over ``path``."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            if like is not None:
+                os.fchmod(handle.fileno(), stat.S_IMODE(like.st_mode))
+                if os.geteuid() == 0:
+                    os.fchown(handle.fileno(), like.st_uid, like.st_gid)
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
 
 
 def _service_user() -> pwd.struct_passwd | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 
 from dhgq.db import connect
+from dhgq.errors import DhgqError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "supabase" / "migrations"
 LOCK_KEY = 0x64686771  # "dhgq"
@@ -58,8 +59,12 @@ def applied_versions(conn: psycopg.Connection) -> set[str]:
     return {row[0] for row in conn.execute("SELECT version FROM supabase_migrations.schema_migrations")}
 
 
+class MigrationFailed(DhgqError):
+    """A migration failed; nothing of it was applied."""
+
+
 def pending(url: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    with connect(url, autocommit=True) as conn:
+    with connect(url, autocommit=True, search_path=False) as conn:
         done = applied_versions(conn)
     return [m for m in discover(directory) if m.version not in done]
 
@@ -67,7 +72,7 @@ def pending(url: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 def migrate(url: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     """Apply what is pending; returns the migrations applied by this call (none when up to date)."""
     applied: list[Migration] = []
-    with connect(url, autocommit=True) as conn:
+    with connect(url, autocommit=True, search_path=False) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
         try:
             conn.execute(_HISTORY_DDL)
@@ -75,17 +80,27 @@ def migrate(url: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
             for migration in discover(directory):
                 if migration.version in done:
                     continue
-                with conn.transaction():
-                    conn.execute(migration.sql)
-                    conn.execute(
-                        "INSERT INTO supabase_migrations.schema_migrations (version, name, statements)"
-                        " VALUES (%s, %s, ARRAY[%s])",
-                        (migration.version, migration.name, migration.sql),
-                    )
+                _apply(conn, migration)
                 applied.append(migration)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
     return applied
+
+
+def _apply(conn: psycopg.Connection, migration: Migration) -> None:
+    """One migration and its history row, in one transaction; a failure names the file."""
+    try:
+        with conn.transaction():
+            conn.execute(migration.sql)
+            conn.execute(
+                "INSERT INTO supabase_migrations.schema_migrations (version, name, statements)"
+                " VALUES (%s, %s, ARRAY[%s])",
+                (migration.version, migration.name, migration.sql),
+            )
+    except psycopg.Error as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        state = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
+        raise MigrationFailed(f"migration {migration.path.name} failed: {first_line}{state}") from None
 
 
 def procrastinate_behind(url: str) -> list[str]:
@@ -95,7 +110,7 @@ def procrastinate_behind(url: str) -> list[str]:
     shipped = Path(procrastinate.__file__).parent / "sql" / "migrations"
     with connect(url, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT schema_level FROM public.dhgq_components WHERE component = 'procrastinate'"
+            "SELECT schema_level FROM dhgq.components WHERE component = 'procrastinate'"
         ).fetchone()
     if row is None:
         return []

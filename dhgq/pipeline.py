@@ -38,6 +38,7 @@ class Source:
     mime_type: str | None
     wav_path: str | None
     duration: float | None
+    options: dict[str, Any] = field(default_factory=dict)  # the request's, checked by the database
 
     def extracted_audio(self) -> str:
         """The 16 kHz WAV the GPU stages work on; extraction must have produced it."""
@@ -135,7 +136,7 @@ def _claim(resources: Resources, job: StageJob) -> Source | None:
         return None
     duration = row["audio_duration_seconds"]
     return Source(str(row["id"]), row["name"], row["path"], row["mime_type"], row["audio_extraction_path"],
-                  float(duration) if duration is not None else None)
+                  float(duration) if duration is not None else None, row["options"] or {})
 
 
 def _lock(conn: psycopg.Connection, job: StageJob, stages: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -182,10 +183,11 @@ def report_progress(resources: Resources, job: StageJob, percent: float) -> None
         pass
 
 
-def run_on_extracted_audio(resources: Resources, source: Source, job: StageJob, target: str) -> Any:
+def run_on_extracted_audio(resources: Resources, source: Source, job: StageJob, target: str,
+                           **options: Any) -> Any:
     """A GPU stage's work: the extracted audio, in the stage's model host, under its time limit."""
     wav_path = source.extracted_audio()
     report_progress(resources, job, 5)
     return resources.host(job.stage).call(target, resources.settings.stage_timeout(source.duration),
-                                          wav_path=wav_path)
+                                          wav_path=wav_path, **options)
 

@@ -6,7 +6,7 @@ import re
 from functools import lru_cache
 from importlib.resources import files
 
-# dhgq_listen_stages_v1 registrations lapse after 30 s: listeners renew them this often
+# dhgq.listen_stages_v1 registrations lapse after 30 s: listeners renew them this often
 LISTEN_RENEW_SECONDS = 10.0
 
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)

@@ -1,27 +1,39 @@
-"""Test fixtures: a real PostgreSQL server started by the suite itself.
+"""Test fixtures: a real PostgreSQL server started by the suite, set up as hosted Supabase is.
 
 One embedded server per test session (dhgq's own embedded module, on Debian's PostgreSQL or the
-pgserver wheel), a template database migrated once, and a fresh copy of it for each test that asks
-for one (``CREATE DATABASE ... TEMPLATE``), as Procrastinate's own test-suite does.
+pgserver wheel) whose superuser is ``supabase_admin``, with Supabase's roles: a project role
+``postgres`` that is not a superuser, the API roles anon / authenticated / service_role, and
+authenticator, the role PostgREST logs in as (``tests/support/hosted_roles.sql``). Each database
+is set up as a Supabase project's (``tests/support/hosted_database.sql``: schema auth owned by
+supabase_auth_admin, Supabase's default privileges in public, an empty supabase_realtime
+publication), and dhgq's migrations and workers run on it as the project role, as they do on
+Supabase. A template database is migrated once, and each test that asks for one gets a fresh
+copy of it (``CREATE DATABASE ... TEMPLATE``), as Procrastinate's own test-suite does.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from dhgq import migrations
-from dhgq.embedded import EmbeddedServer
+from dhgq.embedded import EmbeddedServer, ServerInfo
 
 REAL_SPEECH = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "real-speech"
+SUPPORT = Path(__file__).resolve().parent / "support"
 TEMPLATE = "dhgq_template"
+PROJECT_ROLE = "postgres"  # hosted Supabase's project role: what users connect and migrate as
+PROJECT_PASSWORD = secrets.token_urlsafe(18)
 _counter = itertools.count()
 
 
@@ -35,56 +47,92 @@ def pg_home() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def pg_server(pg_home: Path) -> Iterator[EmbeddedServer]:
-    server = EmbeddedServer(pg_home)
-    server.start()
+    server = EmbeddedServer(pg_home, superuser="supabase_admin")
+    info = server.start()
+    roles = (SUPPORT / "hosted_roles.sql").read_text(encoding="utf-8")
+    with psycopg.connect(info.url("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL(roles).format(password=sql.Literal(PROJECT_PASSWORD)))  # type: ignore[arg-type]
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def admin_url(pg_server: EmbeddedServer) -> str:
+def pg_info(pg_server: EmbeddedServer) -> ServerInfo:
     info = pg_server.status()
     assert info is not None
-    return info.url("postgres")
+    return info
 
 
 @pytest.fixture(scope="session")
-def template_db(admin_url: str) -> str:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
+def admin_url(pg_info: ServerInfo) -> str:
+    """The superuser (supabase_admin), on the maintenance database."""
+    return pg_info.url("postgres")
+
+
+def role_url(info: ServerInfo, database: str, role: str = PROJECT_ROLE, password: str = PROJECT_PASSWORD) -> str:
+    """A login role's URL on the test server: the project role's by default; authenticator shares its password."""
+    return f"postgresql://{quote(role)}:{quote(password, safe='')}@127.0.0.1:{info.port}/{quote(database)}"
+
+
+def database_name(url: str) -> str:
+    return url.rsplit("/", 1)[1].split("?", 1)[0]
+
+
+def new_database(info: ServerInfo, template: str | None) -> str:
+    """A new database set up as a Supabase project's (or a copy of ``template``); the project role's URL."""
+    name = f"t{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(info.url("postgres"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+        conn.execute(f'GRANT ALL ON DATABASE "{name}" TO {PROJECT_ROLE}')  # a copy does not keep the grant
+    if template is None:
+        with psycopg.connect(info.url(name), autocommit=True) as conn:
+            conn.execute((SUPPORT / "hosted_database.sql").read_text(encoding="utf-8"))  # type: ignore[arg-type]
+    return role_url(info, name)
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_info: ServerInfo) -> str:
+    with psycopg.connect(pg_info.url("postgres"), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}"')
-        conn.execute(f'CREATE DATABASE "{TEMPLATE}"')
-    url = _swap_db(admin_url, TEMPLATE)
-    migrations.migrate(url)
+    url = new_database(pg_info, None)
+    with psycopg.connect(pg_info.url("postgres"), autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{database_name(url)}" RENAME TO "{TEMPLATE}"')
+    migrations.migrate(role_url(pg_info, TEMPLATE))
     return TEMPLATE
 
 
-def _swap_db(url: str, name: str) -> str:
-    return url.rsplit("/", 1)[0] + "/" + name
-
-
-def new_database(admin_url: str, template: str | None) -> str:
-    name = f"t{os.getpid()}_{next(_counter)}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
-    return _swap_db(admin_url, name)
+@pytest.fixture
+def db_url(pg_info: ServerInfo, template_db: str) -> str:
+    """A fresh, fully migrated hosted-like database for this test, as the project role."""
+    return new_database(pg_info, template_db)
 
 
 @pytest.fixture
-def db_url(admin_url: str, template_db: str) -> str:
-    """A fresh, fully migrated database for this test."""
-    return new_database(admin_url, template_db)
+def empty_db_url(pg_info: ServerInfo) -> str:
+    """A fresh hosted-like database without dhgq's migrations, as the project role."""
+    return new_database(pg_info, None)
 
 
 @pytest.fixture
-def empty_db_url(admin_url: str) -> str:
-    """A fresh database with nothing in it."""
-    return new_database(admin_url, None)
+def superuser_db_url(pg_info: ServerInfo, db_url: str) -> str:
+    """The superuser on the same database as ``db_url``."""
+    return pg_info.url(database_name(db_url))
 
 
 @pytest.fixture
 def conn(db_url: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(db_url, autocommit=True) as connection:
         yield connection
+
+
+@pytest.fixture(scope="session")
+def plain_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
+    """A second server, plain PostgreSQL: no Supabase roles, no auth schema, a superuser named postgres."""
+    server = EmbeddedServer(Path(tempfile.mkdtemp(prefix="dhgq-test-plain-pg-")))
+    info = server.start()
+    yield info
+    server.stop()
+    shutil.rmtree(server.home, ignore_errors=True)
 
 
 @pytest.fixture

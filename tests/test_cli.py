@@ -109,7 +109,7 @@ def add_source(conn: psycopg.Connection, name: str, mime_type: str = "video/mp4"
 
 def set_stage(conn: psycopg.Connection, source_id: str, stage: str, status: str, **columns: Any) -> None:
     """Put a stage row in a state by hand (queueing it first so it has a real job)."""
-    conn.execute("SELECT dhgq_enqueue_stage_v1(%s, %s)", (source_id, stage))
+    conn.execute("SELECT dhgq.enqueue_stage_v1(%s, %s)", (source_id, stage))
     values = {"status": status, **columns}
     if status in ("processing", "completed", "failed"):
         values.setdefault("started_at", "2026-01-01T10:00:00Z")
@@ -117,14 +117,14 @@ def set_stage(conn: psycopg.Connection, source_id: str, stage: str, status: str,
         values.setdefault("completed_at", "2026-01-01T10:00:12.5Z")
     assignments = ", ".join(f"{column} = %s" for column in values)
     conn.execute(
-        f"UPDATE audio_processing_stages SET {assignments} WHERE source_id = %s AND stage = %s",
+        f"UPDATE dhgq.audio_processing_stages SET {assignments} WHERE source_id = %s AND stage = %s",
         (*values.values(), source_id, stage),
     )
     job_status = {"processing": "doing", "completed": "succeeded", "failed": "failed"}.get(status)
     if job_status:  # the job as a worker would have left it
         conn.execute(
-            """UPDATE procrastinate_jobs SET status = %s::procrastinate_job_status WHERE id =
-                        (SELECT job_id::bigint FROM audio_processing_stages
+            """UPDATE dhgq.procrastinate_jobs SET status = %s::dhgq.procrastinate_job_status WHERE id =
+                        (SELECT job_id::bigint FROM dhgq.audio_processing_stages
                           WHERE source_id = %s AND stage = %s)""",
             (job_status, source_id, stage),
         )
@@ -189,7 +189,7 @@ def test_process_adds_media_recursively_and_skips_known_content(
     again = as_json(run(cli, "process", str(talks / "a.mp4"), "--json"))["sources"]
     assert again[0]["created"] is False and again[0]["source_id"] == first[0]["source_id"]
     rows = conn.execute("""SELECT src.mime_type, src.content_hash, st.status FROM sources_google src
-                           JOIN audio_processing_stages st
+                           JOIN dhgq.audio_processing_stages st
                              ON st.source_id = src.id AND st.stage = 'extraction'
                            ORDER BY src.name""").fetchall()
     assert [(m, s) for m, _, s in rows] == [("video/mp4", "queued"), ("audio/wav", "queued")]
@@ -209,7 +209,7 @@ def test_process_wait_follows_until_the_pipeline_ends(cli: CliRunner, db_url: st
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
                 queued = conn.execute(
-                    "SELECT source_id FROM audio_processing_stages WHERE status='queued'"
+                    "SELECT source_id FROM dhgq.audio_processing_stages WHERE status='queued'"
                 ).fetchall()
                 if queued:
                     time.sleep(0.5)
@@ -299,8 +299,8 @@ def test_dead_letter_lists_failures_but_not_cancellations(cli: CliRunner, conn: 
 
 def job_status(conn: psycopg.Connection, source_id: str, stage: str) -> tuple[str, str]:
     return conn.execute(
-        """SELECT st.status, j.status::text FROM audio_processing_stages st
-                           JOIN procrastinate_jobs j ON j.id = st.job_id::bigint
+        """SELECT st.status, j.status::text FROM dhgq.audio_processing_stages st
+                           JOIN dhgq.procrastinate_jobs j ON j.id = st.job_id::bigint
                            WHERE st.source_id = %s AND st.stage = %s""",
         (source_id, stage),
     ).fetchone()

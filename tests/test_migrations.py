@@ -32,9 +32,10 @@ ABSENT = {"expert_documents": "processing_metadata", "processing_batches": "proc
 
 
 def columns(conn: psycopg.Connection, table: str) -> set[str]:
+    schema = "dhgq" if table == "audio_processing_stages" else "public"
     rows = conn.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema='public' AND table_name=%s",
-        (table,),
+        "SELECT column_name FROM information_schema.columns WHERE table_schema=%s AND table_name=%s",
+        (schema, table),
     )
     return {r[0] for r in rows}
 
@@ -71,7 +72,7 @@ def test_stage_checks_and_indexes(conn: psycopg.Connection) -> None:
     for stage, status in (("bogus", "queued"), ("extraction", "bogus")):
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute(
-                "INSERT INTO audio_processing_stages (source_id, stage, status) VALUES (%s, %s, %s)",
+                "INSERT INTO dhgq.audio_processing_stages (source_id, stage, status) VALUES (%s, %s, %s)",
                 (source, stage, status),
             )
     indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename='audio_processing_stages'")}
@@ -80,14 +81,14 @@ def test_stage_checks_and_indexes(conn: psycopg.Connection) -> None:
 
 
 def test_procrastinate_version_recorded(conn: psycopg.Connection) -> None:
-    row = conn.execute("SELECT version, schema_level FROM dhgq_components WHERE component='procrastinate'").fetchone()
+    row = conn.execute("SELECT version, schema_level FROM dhgq.components WHERE component='procrastinate'").fetchone()
     assert row is not None and row[0].startswith("3.")
 
 
 def test_status_views_exist(conn: psycopg.Connection) -> None:
     for view in ("pipeline_stage_counts", "pipeline_status", "dead_letter"):
-        conn.execute(f"SELECT * FROM {view}").fetchall()
-    assert len(conn.execute("SELECT * FROM pipeline_stage_counts").fetchall()) == 4
+        conn.execute(f"SELECT * FROM dhgq.{view}").fetchall()
+    assert len(conn.execute("SELECT * FROM dhgq.pipeline_stage_counts").fetchall()) == 4
 
 
 def test_stage_changes_notify_only_while_someone_listens(db_url: str) -> None:
@@ -96,33 +97,34 @@ def test_stage_changes_notify_only_while_someone_listens(db_url: str) -> None:
         listener.execute("LISTEN dhgq_stages")  # a bare LISTEN does not register
         source_id = writer.execute(
             "INSERT INTO sources_google (name, path) VALUES ('a.mp4', '/a.mp4') RETURNING id").fetchone()[0]
-        writer.execute("INSERT INTO audio_processing_stages (source_id, stage, status) "
+        writer.execute("INSERT INTO dhgq.audio_processing_stages (source_id, stage, status) "
                        "VALUES (%s, 'extraction', 'processing') ON CONFLICT DO NOTHING", (source_id,))
-        writer.execute("UPDATE audio_processing_stages SET progress = 10 WHERE source_id = %s", (source_id,))
+        writer.execute("UPDATE dhgq.audio_processing_stages SET progress = 10 WHERE source_id = %s", (source_id,))
         assert list(listener.notifies(timeout=0.5)) == []
 
-        listener.execute("SELECT dhgq_listen_stages_v1()")
-        writer.execute("UPDATE audio_processing_stages SET progress = 20 WHERE source_id = %s", (source_id,))
+        listener.execute("SELECT dhgq.listen_stages_v1()")
+        writer.execute("UPDATE dhgq.audio_processing_stages SET progress = 20 WHERE source_id = %s", (source_id,))
         heard = list(listener.notifies(timeout=2.0, stop_after=1))
         assert heard and str(source_id) in heard[0].payload and heard[0].channel == "dhgq_stages"
 
-        writer.execute("UPDATE dhgq_stage_listeners SET seen_at = now() - interval '31 seconds'")  # lapsed
-        writer.execute("UPDATE audio_processing_stages SET progress = 30 WHERE source_id = %s", (source_id,))
+        writer.execute("UPDATE dhgq.stage_listeners SET seen_at = now() - interval '31 seconds'")  # lapsed
+        writer.execute("UPDATE dhgq.audio_processing_stages SET progress = 30 WHERE source_id = %s", (source_id,))
         assert list(listener.notifies(timeout=0.5)) == []
 
-        listener.execute("SELECT dhgq_listen_stages_v1()")  # renewed
-        listener.execute("SELECT dhgq_unlisten_stages_v1()")
-        assert writer.execute("SELECT count(*) FROM dhgq_stage_listeners").fetchone() == (0,)
+        listener.execute("SELECT dhgq.listen_stages_v1()")  # renewed
+        listener.execute("SELECT dhgq.unlisten_stages_v1()")
+        assert writer.execute("SELECT count(*) FROM dhgq.stage_listeners").fetchone() == (0,)
 
 
 def test_claims_and_progress_commit_without_waiting_for_the_flush(db_url: str) -> None:
     """Only the claim's and the progress update's own transactions: completions stay synchronous."""
+    from dhgq.db import connect
     from dhgq.queries import query
 
-    with psycopg.connect(db_url, autocommit=True) as conn:
+    with connect(db_url, autocommit=True) as conn:  # dhgq's search_path, as the workers
         source_id = conn.execute(
             "INSERT INTO sources_google (name, path) VALUES ('a.mp4', '/a.mp4') RETURNING id").fetchone()[0]
-        conn.execute("INSERT INTO audio_processing_stages (source_id, stage, status, job_id) "
+        conn.execute("INSERT INTO dhgq.audio_processing_stages (source_id, stage, status, job_id) "
                      "VALUES (%s, 'extraction', 'queued', '7') ON CONFLICT (source_id, stage) "
                      "DO UPDATE SET status = 'queued', job_id = '7'", (source_id,))
         params = {"source_id": source_id, "stage": "extraction", "job_id": "7", "attempt": 1, "progress": 50}
@@ -131,6 +133,6 @@ def test_claims_and_progress_commit_without_waiting_for_the_flush(db_url: str) -
                 conn.execute(query(name), params)
                 assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
             assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
-        row = conn.execute("SELECT status, progress FROM audio_processing_stages WHERE source_id = %s",
+        row = conn.execute("SELECT status, progress FROM dhgq.audio_processing_stages WHERE source_id = %s",
                            (source_id,)).fetchone()
         assert row == ("processing", 50)

@@ -54,10 +54,10 @@ def test_sql_insert_runs_all_four_stages(db_url: str, talk: Path, tmp_path: Path
     assert_complete_once(db_url, source_id)
     assert scalar(db_url, "SELECT count(*) FROM speaker_profiles WHERE source_id=%s", (source_id,)) == 2
     assert scalar(db_url, "SELECT audio_extracted FROM sources_google WHERE id=%s", (source_id,)) is True
-    state = rows(db_url, "SELECT state, progress FROM pipeline_status WHERE source_id=%s", (source_id,))
+    state = rows(db_url, "SELECT state, progress FROM dhgq.pipeline_status WHERE source_id=%s", (source_id,))
     assert state == [("completed", 100)]
     # stage rows agree with Procrastinate's job table
-    assert scalar(db_url, """SELECT count(*) FROM audio_processing_stages s JOIN procrastinate_jobs j
+    assert scalar(db_url, """SELECT count(*) FROM dhgq.audio_processing_stages s JOIN dhgq.procrastinate_jobs j
                              ON j.id = s.job_id::bigint WHERE j.status = 'succeeded' AND s.source_id=%s""",
                   (source_id,)) == 4
 
@@ -86,7 +86,7 @@ def test_permanent_failure_is_dead_lettered_and_isolated(db_url: str, talk: Path
     run_once(worker_env(db_url, tmp_path))
     assert stage_statuses(db_url, bad) == {"extraction": "failed"}
     stage, error_class, error, attempts = rows(
-        db_url, "SELECT stage, error_class, error, attempts FROM dead_letter WHERE source_id=%s", (bad,))[0]
+        db_url, "SELECT stage, error_class, error, attempts FROM dhgq.dead_letter WHERE source_id=%s", (bad,))[0]
     assert (stage, error_class, attempts) == ("extraction", "permanent", 1)
     assert "notes.mp4" in error
     assert_complete_once(db_url, good)
@@ -98,15 +98,15 @@ def test_transient_failure_is_retried(db_url: str, talk: Path, tmp_path: Path) -
         fake.fail(429, times=1, message="rate limited")
         run_once(worker_env(db_url, tmp_path, DHGQ_ANTHROPIC_API_KEY="sk-test",
                             DHGQ_ANTHROPIC_BASE_URL=fake.url))
-    status, attempts, method = rows(db_url, """SELECT status, attempts, result->>'method' FROM audio_processing_stages
+    status, attempts, method = rows(db_url, """SELECT status, attempts, result->>'method' FROM dhgq.audio_processing_stages
                                       WHERE source_id=%s AND stage='summarization'""", (source_id,))[0]
     assert (status, attempts, method) == ("completed", 2, "claude")
 
 
 def test_second_start_while_in_flight_is_a_noop(db_url: str, talk: Path) -> None:
     source_id = insert_source(db_url, talk)
-    assert scalar(db_url, "SELECT dhgq_start_pipeline_v1(%s)", (source_id,)) is None
-    assert scalar(db_url, "SELECT count(*) FROM procrastinate_jobs") == 1
+    assert scalar(db_url, "SELECT dhgq.start_pipeline_v1(%s)", (source_id,)) is None
+    assert scalar(db_url, "SELECT count(*) FROM dhgq.procrastinate_jobs") == 1
 
 
 def test_sigkill_mid_stage_completes_once(db_url: str, talk: Path, tmp_path: Path) -> None:
@@ -125,7 +125,7 @@ def test_sigkill_mid_stage_completes_once(db_url: str, talk: Path, tmp_path: Pat
         second.send_signal(signal.SIGTERM)
         second.wait(60)
     assert_complete_once(db_url, source_id)
-    assert scalar(db_url, "SELECT count(*) FROM audio_processing_stages WHERE source_id=%s", (source_id,)) == 4
+    assert scalar(db_url, "SELECT count(*) FROM dhgq.audio_processing_stages WHERE source_id=%s", (source_id,)) == 4
 
 
 def test_database_restart_mid_run(tmp_path: Path, talk: Path) -> None:
@@ -135,7 +135,7 @@ def test_database_restart_mid_run(tmp_path: Path, talk: Path) -> None:
     sources = [insert_source(url, talk) for _ in range(3)]
     worker = start_worker(worker_env(url, tmp_path), tmp_path / "worker.log")
     try:
-        wait_for(lambda: scalar(url, "SELECT count(*) FROM audio_processing_stages WHERE status='completed'"),
+        wait_for(lambda: scalar(url, "SELECT count(*) FROM dhgq.audio_processing_stages WHERE status='completed'"),
                  120, "a first stage to complete")
         server.stop()
         server.start()
@@ -158,9 +158,9 @@ def test_hundred_sources_in_one_statement(db_url: str, tmp_path: Path) -> None:
         conn.execute("""INSERT INTO sources_google (name, path, mime_type)
                         SELECT 'clip ' || g, %s, 'audio/wav' FROM generate_series(1, 100) g""", (str(clip),))
     run_once(worker_env(db_url, tmp_path, DHGQ_MAX_CONCURRENT_TRANSCRIPTIONS="2"), timeout=900)
-    assert scalar(db_url, "SELECT count(*) FROM pipeline_status WHERE state='completed'") == 100
-    assert scalar(db_url, "SELECT count(*) FROM audio_processing_stages") == 400
+    assert scalar(db_url, "SELECT count(*) FROM dhgq.pipeline_status WHERE state='completed'") == 100
+    assert scalar(db_url, "SELECT count(*) FROM dhgq.audio_processing_stages") == 400
     assert scalar(db_url, "SELECT count(*) FROM expert_documents") == 200
-    assert scalar(db_url, """SELECT count(*) FROM audio_processing_stages s JOIN procrastinate_jobs j
+    assert scalar(db_url, """SELECT count(*) FROM dhgq.audio_processing_stages s JOIN dhgq.procrastinate_jobs j
                              ON j.id = s.job_id::bigint AND j.status = 'succeeded'""") == 400
-    assert scalar(db_url, "SELECT count(*) FROM procrastinate_jobs WHERE status <> 'succeeded'") == 0
+    assert scalar(db_url, "SELECT count(*) FROM dhgq.procrastinate_jobs WHERE status <> 'succeeded'") == 0

@@ -288,8 +288,8 @@ async def test_retry_key_requeues_a_failed_stage(db_url: str, conn: psycopg.Conn
 
         def requeued() -> bool:
             status, job = conn.execute(
-                """SELECT st.status, j.status::text FROM audio_processing_stages st
-                                          JOIN procrastinate_jobs j ON j.id = st.job_id::bigint
+                """SELECT st.status, j.status::text FROM dhgq.audio_processing_stages st
+                                          JOIN dhgq.procrastinate_jobs j ON j.id = st.job_id::bigint
                                           WHERE st.source_id = %s AND st.stage = 'extraction'""",
                 (source_id,),
             ).fetchone()

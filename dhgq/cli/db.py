@@ -51,7 +51,7 @@ def status(ctx: typer.Context, json_output: JsonOption = False) -> None:
     else:
         info = _server(ctx).status()
         data = {"embedded": True, "running": info is not None,
-                "url": info.url() if info else None, "data_dir": str(_server(ctx).data_dir)}
+                "url": mask_url(info.url()) if info else None, "data_dir": str(_server(ctx).data_dir)}
         if info:
             data["pending_migrations"] = len(migrations.pending(info.url()))
     if json_output:

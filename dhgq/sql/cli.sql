@@ -78,10 +78,10 @@ SELECT pg_advisory_xact_lock(hashtextextended(%(content_hash)s, 0));
 
 -- name: listen_stages
 -- LISTEN, and ask the stage trigger to NOTIFY for the next 30 s (repeat within that).
-SELECT dhgq_listen_stages_v1();
+SELECT listen_stages_v1();
 
 -- name: unlisten_stages
-SELECT dhgq_unlisten_stages_v1();
+SELECT unlisten_stages_v1();
 
 -- name: cli_next_retry_in
 -- Seconds until the source's next waiting job may run (a retry backs off); NULL when none waits.

@@ -17,7 +17,7 @@ claimed AS (
     RETURNING source_id
 )
 SELECT src.id, src.name, src.path, src.mime_type, src.audio_extraction_path, src.audio_duration_seconds,
-       async_commit.mode AS commit_mode
+       src.options, async_commit.mode AS commit_mode
   FROM claimed JOIN sources_google src ON src.id = claimed.source_id CROSS JOIN async_commit;
 
 -- name: lock_stages
@@ -50,16 +50,16 @@ UPDATE audio_processing_stages SET progress = %(progress)s
  WHERE source_id = %(source_id)s AND stage = %(stage)s AND job_id = %(job_id)s AND status = 'processing';
 
 -- name: enqueue_stages
-SELECT dhgq_enqueue_stage_v1(%(source_id)s, stage) FROM unnest(%(stages)s::text[]) AS stage;
+SELECT enqueue_stage_v1(%(source_id)s, stage) FROM unnest(%(stages)s::text[]) AS stage;
 
 -- name: start_pipeline
-SELECT dhgq_start_pipeline_v1(%(source_id)s);
+SELECT start_pipeline_v1(%(source_id)s);
 
 -- name: retry_source
-SELECT dhgq_retry_source_v1(%(source_id)s);
+SELECT retry_source_v1(%(source_id)s);
 
 -- name: cancel_source
-SELECT dhgq_cancel_source_v1(%(source_id)s);
+SELECT cancel_source_v1(%(source_id)s);
 
 -- name: save_extraction
 UPDATE sources_google

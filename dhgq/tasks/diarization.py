@@ -16,9 +16,13 @@ from dhgq.queries import query
 from dhgq.tasks import job_of
 from dhgq.tasks.fanin import after_transcription_or_diarization
 
+SPEAKER_HINTS = ("num_speakers", "min_speakers", "max_speakers")
+
 
 def work(resources: Resources, source: Source, job: StageJob) -> tuple[Diarization, dict[str, Any]]:
-    return run_on_extracted_audio(resources, source, job, "dhgq.engines:diarize")
+    """The request's speaker counts, when it gave them, steer the clustering."""
+    hints = {name: int(source.options[name]) for name in SPEAKER_HINTS if source.options.get(name) is not None}
+    return run_on_extracted_audio(resources, source, job, "dhgq.engines:diarize", **hints)
 
 
 def save(conn: psycopg.Connection, source: Source, output: tuple[Diarization, dict[str, Any]]) -> dict[str, Any]:

@@ -18,7 +18,9 @@ from dhgq.tasks.fanin import after_transcription_or_diarization
 
 
 def work(resources: Resources, source: Source, job: StageJob) -> tuple[Transcript, dict[str, Any]]:
-    return run_on_extracted_audio(resources, source, job, "dhgq.engines:transcribe")
+    """The request's model and language when it gave them, else the worker's settings."""
+    return run_on_extracted_audio(resources, source, job, "dhgq.engines:transcribe",
+                                  model=source.options.get("model"), language=source.options.get("language"))
 
 
 def save(conn: psycopg.Connection, source: Source, output: tuple[Transcript, dict[str, Any]]) -> dict[str, Any]:
