@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything dhgq needs on a fresh Debian machine, idempotent: system packages (ffmpeg, espeak-ng,
-# sox, PostgreSQL's server binaries for the embedded database), a virtual environment with the CPU
+# sox, PostgreSQL's server binaries for the embedded database, Node.js), the Supabase CLI from the
+# npm registry (package.json, pinned by package-lock.json), a virtual environment with the CPU
 # build of torch installed first, then dhgq with its dev extra. Every pip call gets constraints.txt,
 # which pins torch so no dependency can pull a multi-GB CUDA build.
 set -euo pipefail
@@ -17,6 +18,7 @@ command -v sox >/dev/null || need+=(sox)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v pgbench >/dev/null || need+=(postgresql-contrib)
 command -v redis-server >/dev/null || need+=(redis-server)   # only the benchmarks' BullMQ contender
+command -v npm >/dev/null || need+=(nodejs npm)               # the Supabase CLI the tests run
 if ((${#need[@]})); then
     echo "setup: installing system packages: ${need[*]}" >&2
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -26,6 +28,12 @@ if ((${#need[@]})); then
     else
         echo "setup: no apt-get; install ${need[*]} yourself (dhgq falls back to imageio-ffmpeg and pgserver)" >&2
     fi
+fi
+
+# The Supabase CLI (supabase db push / migration list), at the version package-lock.json pins.
+want_cli=$(sed -n 's/.*"supabase": "\([0-9.]*\)".*/\1/p' package.json)
+if [ "$(node_modules/.bin/supabase --version 2>/dev/null)" != "$want_cli" ]; then
+    npm ci --no-audit --no-fund --loglevel=error >/dev/null
 fi
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
@@ -62,22 +61,6 @@ def test_sql_insert_runs_all_four_stages(db_url: str, talk: Path, tmp_path: Path
                   (source_id,)) == 4
 
 
-def test_processing_jobs_request_as_authenticated_user(db_url: str, talk: Path, tmp_path: Path) -> None:
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        user = conn.execute("INSERT INTO auth.users (email) VALUES ('u@example.com') RETURNING id").fetchone()[0]
-        conn.execute("SET ROLE authenticated")
-        conn.execute("SELECT set_config('request.jwt.claims', %s, false)",
-                     (json.dumps({"sub": str(user), "role": "authenticated"}),))
-        request = conn.execute("INSERT INTO processing_jobs (file_path) VALUES (%s) RETURNING id, status, job_id",
-                               (str(talk),)).fetchone()
-    assert request[1] == "queued" and request[2] is not None
-    run_once(worker_env(db_url, tmp_path))
-    status, result, source_id = rows(db_url, "SELECT status, result, source_id FROM processing_jobs WHERE id=%s",
-                                     (request[0],))[0]
-    assert status == "completed" and set(result["documents"]) == {"transcript", "summary"}
-    assert_complete_once(db_url, str(source_id))
-
-
 def test_permanent_failure_is_dead_lettered_and_isolated(db_url: str, talk: Path, tmp_path: Path) -> None:
     bogus = tmp_path / "notes.mp4"
     bogus.write_text("this is a text file, not a video")
@@ -98,7 +81,8 @@ def test_transient_failure_is_retried(db_url: str, talk: Path, tmp_path: Path) -
         fake.fail(429, times=1, message="rate limited")
         run_once(worker_env(db_url, tmp_path, DHGQ_ANTHROPIC_API_KEY="sk-test",
                             DHGQ_ANTHROPIC_BASE_URL=fake.url))
-    status, attempts, method = rows(db_url, """SELECT status, attempts, result->>'method' FROM dhgq.audio_processing_stages
+    status, attempts, method = rows(db_url, """SELECT status, attempts, result->>'method'
+                                      FROM dhgq.audio_processing_stages
                                       WHERE source_id=%s AND stage='summarization'""", (source_id,))[0]
     assert (status, attempts, method) == ("completed", 2, "claude")
 

@@ -16,6 +16,7 @@ from dhgq.tui.app import DetailScreen, MonitorApp, create_app
 from dhgq.tui.backend import FixedBackend
 from dhgq.tui.snapshot import Line, QueueSnapshot, SourceDetail, SourceRow, StageCount, StageRow, StageState
 from dhgq.tui.widgets import DetailView, SourcesTable
+from tests.conftest import PROJECT_PASSWORD
 from tests.test_cli import add_source, failed_source, set_stage
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -247,7 +248,7 @@ async def test_monitor_shows_a_source_moving_through_the_stages(
     )  # only NOTIFY can refresh in time
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_until(pilot, lambda: app.snapshot is not None, 5, "the first snapshot")
-        assert "***" not in app.database and "postgres" in app.database
+        assert PROJECT_PASSWORD not in app.database and "postgres" in app.database
         source_id = add_source(conn, "moving.mp4")
         await wait_until(
             pilot, lambda: cell(app, source_id, "extraction") == "… wait", 3, "queued extraction"

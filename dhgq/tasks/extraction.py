@@ -19,6 +19,9 @@ from dhgq.tasks import job_of
 
 
 def work(resources: Resources, source: Source, job: StageJob) -> ExtractionResult:
+    if "://" in source.path:  # storage://, gdrive://, https:// (a user's request names a storage key)
+        raise PermanentError(f"{source.path}: this worker reads local files only; sources in Supabase Storage, "
+                             "Google Drive or on the web cannot be fetched yet", file=source.path)
     path = Path(source.path)
     root = resources.settings.storage_root
     if root is not None and not path.resolve().is_relative_to(root.resolve()):

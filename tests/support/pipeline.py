@@ -53,7 +53,8 @@ def rows(db_url: str, sql: str, params: tuple = ()) -> list[tuple]:
 
 
 def stage_statuses(db_url: str, source_id: Any) -> dict[str, str]:
-    return dict(rows(db_url, "SELECT stage, status FROM dhgq.audio_processing_stages WHERE source_id = %s", (source_id,)))
+    return dict(rows(db_url, "SELECT stage, status FROM dhgq.audio_processing_stages WHERE source_id = %s",
+                     (source_id,)))
 
 
 def insert_source(db_url: str, path: Path, mime_type: str = "video/mp4") -> str:
