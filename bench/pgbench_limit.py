@@ -3,6 +3,7 @@ transaction with as many row writes as dhgq makes per transition, and no queue a
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -102,11 +103,10 @@ def run_pgbench(pg: Postgres, workdir: Path, observed: Writes, transitions: int,
     script_file.write_text(script(inserts, updates))
     for old in workdir.glob("pgbench_log*"):
         old.unlink()
-    dbname = url.rsplit("/", 1)[1]
     cmd = [pg.binary("pgbench"), "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 4)),
-           "-T", str(seconds), "-f", str(script_file), "-l", "--log-prefix", str(workdir / "pgbench_log"),
-           "-h", "127.0.0.1", "-p", str(pg.info.port), "-U", "postgres", dbname]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=seconds + 120)
+           "-T", str(seconds), "-f", str(script_file), "-l", "--log-prefix", str(workdir / "pgbench_log"), url]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=seconds + 120,
+                          env={**os.environ, "PGCONNECT_TIMEOUT": "10"})
     if done.returncode != 0:
         raise BenchError(f"pgbench failed: {(done.stderr or done.stdout).strip()[-500:]}")
     match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", done.stdout)
