@@ -81,8 +81,12 @@ def content_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def add_file(conn: psycopg.Connection, path: Path, *, origin: str = "dhgq") -> Added:
-    """Insert a source for the file unless one has the same content; the trigger queues it."""
+def add_file(conn: psycopg.Connection, path: Path, *, origin: str = "dhgq",
+             options: dict[str, Any] | None = None) -> Added:
+    """Insert a source for the file unless one has the same content; the trigger queues it.
+
+    ``options`` (model, language, num_speakers, ...) pass the same checks as a user's request's.
+    """
     digest = content_hash(path)
     size = path.stat().st_size
     with conn.transaction():
@@ -100,6 +104,7 @@ def add_file(conn: psycopg.Connection, path: Path, *, origin: str = "dhgq") -> A
                 "batch_id": None,
                 "mime_type": MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream"),
                 "metadata": Jsonb({"added_by": origin}),
+                "options": Jsonb(options or {}),
             },
         ))
     return Added(path, str(row[0]), True, size)
@@ -110,10 +115,11 @@ def add_files(
     files: list[Path],
     *,
     origin: str = "dhgq",
+    options: dict[str, Any] | None = None,
     on_added: Callable[[Added], None] | None = None,
 ) -> Iterator[Added]:
     for path in files:
-        added = add_file(conn, path, origin=origin)
+        added = add_file(conn, path, origin=origin, options=options)
         if on_added:
             on_added(added)
         yield added

@@ -200,6 +200,20 @@ def test_process_adds_media_recursively_and_skips_known_content(
     assert "no media files" in one_error_line(run(cli, "process", str(tmp_path / "home")))
 
 
+def test_process_passes_checked_options_to_the_stages(cli: CliRunner, conn: psycopg.Connection,
+                                                     tmp_path: Path) -> None:
+    (tmp_path / "home").mkdir()
+    talk = tmp_path / "talk.mp4"
+    talk.write_bytes(b"video")
+    added = as_json(run(cli, "process", str(talk), "--speakers", "2", "--language", "en", "--json"))["sources"]
+    options = conn.execute("SELECT options FROM sources_google WHERE id = %s", (added[0]["source_id"],)).fetchone()
+    assert options == ({"num_speakers": 2, "language": "en"},)
+    other = tmp_path / "other.mp4"
+    other.write_bytes(b"other video")
+    assert "whole number from 1 to 20" in one_error_line(run(cli, "process", str(other), "--speakers", "0"))
+    assert "options.model must be one of" in one_error_line(run(cli, "process", str(other), "--model", "gpt-5"))
+
+
 def test_process_wait_follows_until_the_pipeline_ends(cli: CliRunner, db_url: str, tmp_path: Path) -> None:
     talk = tmp_path / "talk.mp3"
     talk.write_bytes(b"some audio")

@@ -77,6 +77,15 @@ def process(
     timeout: Annotated[
         float | None, typer.Option(help="With --wait: give up after this many seconds.")
     ] = None,
+    speakers: Annotated[
+        int | None, typer.Option("--speakers", help="How many people speak (steers the diarization).")
+    ] = None,
+    language: Annotated[
+        str | None, typer.Option("--language", help="Spoken language, an ISO 639 code such as en (default: detect).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Whisper model for these files (default: DHGQ_WHISPER_MODEL).")
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Add media files as sources (skipping content already known); their pipelines start at once."""
@@ -85,8 +94,10 @@ def process(
         raise PermanentError(
             f"no media files ({', '.join(sorted(sources.MEDIA_TYPES))}) under the given paths"
         )
+    options = {key: value for key, value in
+               {"num_speakers": speakers, "language": language, "model": model}.items() if value is not None}
     with connected(ctx) as conn:
-        added = _add_with_progress(conn, files, quiet=json_output)
+        added = _add_with_progress(conn, files, options, quiet=json_output)
         ids = list(dict.fromkeys(a.source_id for a in added))
         rows = (
             follow(ctx, conn, ids, timeout=timeout, quiet=json_output) if wait else fetch_sources(conn, ids)
@@ -120,14 +131,15 @@ def _state(row: SourceRow | None) -> str:
     return row.state if row else "unknown"
 
 
-def _add_with_progress(conn: psycopg.Connection, files: list[Path], *, quiet: bool) -> list[sources.Added]:
+def _add_with_progress(conn: psycopg.Connection, files: list[Path], options: dict[str, Any], *,
+                       quiet: bool) -> list[sources.Added]:
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn())
     with Progress(*columns, console=stderr, transient=True, disable=quiet) as progress:
         task = progress.add_task("adding", total=len(files))
         added = []
         for path in files:
             progress.update(task, description=f"hashing {path.name}")
-            added.append(sources.add_file(conn, path, origin="dhgq process"))
+            added.append(sources.add_file(conn, path, origin="dhgq process", options=options))
             progress.advance(task)
     return added
 

@@ -112,8 +112,10 @@ UPDATE speaker_profiles SET total_speaking_seconds = %(seconds)s, segment_count 
 
 -- name: insert_source
 -- Any client starts work this way: the INSERT's trigger queues extraction in the same transaction.
-INSERT INTO sources_google (name, path, mime_type, size, content_hash, metadata, batch_id)
-VALUES (%(name)s, %(path)s, %(mime_type)s, %(size)s, %(content_hash)s, %(metadata)s, %(batch_id)s)
+-- Its options pass the same checks as those of a user's request (dhgq.request_options_v1).
+INSERT INTO sources_google (name, path, mime_type, size, content_hash, metadata, batch_id, options)
+VALUES (%(name)s, %(path)s, %(mime_type)s, %(size)s, %(content_hash)s, %(metadata)s, %(batch_id)s,
+        dhgq.request_options_v1(%(options)s))
 RETURNING id;
 
 -- name: source_by_hash
