@@ -21,30 +21,42 @@ from bench.report import Section
 
 SECTIONS = ("queue", "dispatch", "media", "scale")
 DEFAULT_SECTIONS = ("queue", "dispatch", "media")  # scale is long: ask for it with --only scale
-TITLES = {"queue": "Queue overhead (no-op stages)", "dispatch": "Dispatch latency (idle workers)",
-          "media": "Media stages (local engines)", "scale": "Scale (two worker processes)"}
+TITLES = {
+    "queue": "Queue overhead (no-op stages)",
+    "dispatch": "Dispatch latency (idle workers)",
+    "media": "Media stages (local engines)",
+    "scale": "Scale (two worker processes)",
+}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--n", type=int, default=2000, help="pipelines per queue contender")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny sizes: checks the harness, not the figures")
-    parser.add_argument("--only", default=",".join(DEFAULT_SECTIONS),
-                        help=f"comma-separated sections of {','.join(SECTIONS)} (scale is opt-in)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the harness, not the figures")
+    parser.add_argument(
+        "--only",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"comma-separated sections of {','.join(SECTIONS)} (scale is opt-in)",
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--window", type=int, default=32, help="pipelines in flight (queue overhead)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="warm-up pipelines (default n/10, at most 200)")
-    parser.add_argument("--concurrency", type=int, default=None,
-                        help="slots per queue for every contender (default: dhgq's per-queue defaults)")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="rounds of the queue contenders, in rotating order")
-    parser.add_argument("--no-diagnostic", action="store_true",
-                        help="skip the diagnostic run of dhgq with a monitor listening")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up pipelines (default n/10, at most 200)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="slots per queue for every contender (default: dhgq's per-queue defaults)",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the queue contenders, in rotating order")
+    parser.add_argument(
+        "--no-diagnostic", action="store_true", help="skip the diagnostic run of dhgq with a monitor listening"
+    )
     parser.add_argument("--pgbench-seconds", type=int, default=15)
-    parser.add_argument("--skip-bullmq", action="store_true",
-                        help="leave the BullMQ contender out (the CI smoke run: it once hung on shutdown there)")
+    parser.add_argument(
+        "--skip-bullmq",
+        action="store_true",
+        help="leave the BullMQ contender out (the CI smoke run: it once hung on shutdown there)",
+    )
     parser.add_argument("--dispatch-n", type=int, default=100, help="pipelines run one at a time")
     parser.add_argument("--media-minutes", type=int, default=10, help="length of the generated talk")
     parser.add_argument("--scale-n", type=int, default=1000, help="sources queued for the scale section")
@@ -95,9 +107,16 @@ def run(args: argparse.Namespace, pg: Postgres, workdir: Path) -> tuple[list[Sec
 def _queue(args: argparse.Namespace, pg: Postgres, workdir: Path, concurrency: dict[str, int]) -> Section:
     from bench import queue_overhead
 
-    options = queue_overhead.Options(args.n, args.window, args.warmup, concurrency, args.pgbench_seconds,
-                                     args.rounds, diagnostic=not args.no_diagnostic,
-                                     skip_bullmq="left out of this run (--skip-bullmq)" if args.skip_bullmq else None)
+    options = queue_overhead.Options(
+        args.n,
+        args.window,
+        args.warmup,
+        concurrency,
+        args.pgbench_seconds,
+        args.rounds,
+        diagnostic=not args.no_diagnostic,
+        skip_bullmq="left out of this run (--skip-bullmq)" if args.skip_bullmq else None,
+    )
     return queue_overhead.run_section(pg, workdir, options)[0]
 
 
@@ -138,9 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         with postgres(workdir / "home") as pg:
             machine = describe(pg.admin_url())
             sections, ok = run(args, pg, workdir)
-        machine.append(("load average (1, 5, 15 min) at start → end",
-                        f"{_load(load_before)} → {_load(os.getloadavg())} (other work on the machine "
-                        "shares the cores with the run)"))
+        machine.append(
+            (
+                "load average (1, 5, 15 min) at start → end",
+                f"{_load(load_before)} → {_load(os.getloadavg())} (other work on the machine "
+                "shares the cores with the run)",
+            )
+        )
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -59,8 +59,9 @@ class BullmqContender:
     async def running(self, tracker: Tracker) -> AsyncIterator[Callable[[str], Awaitable[None]]]:
         from bullmq import Queue, Worker
 
-        pool = AsyncConnectionPool(self.url, min_size=1, max_size=sum(self.concurrency.values()) + 2,
-                                   open=False, kwargs={"autocommit": True})
+        pool = AsyncConnectionPool(
+            self.url, min_size=1, max_size=sum(self.concurrency.values()) + 2, open=False, kwargs={"autocommit": True}
+        )
         await pool.open(wait=True)
         async with pool.connection() as conn:
             await conn.execute(SCHEMA)
@@ -68,8 +69,15 @@ class BullmqContender:
 
         async def status(source_id: str, stage: str, state: str, job_id: Any = None) -> None:
             async with pool.connection() as conn:
-                await conn.execute(UPSERT_STATUS, {"source_id": source_id, "stage": stage, "status": state,
-                                                   "job_id": None if job_id is None else str(job_id)})
+                await conn.execute(
+                    UPSERT_STATUS,
+                    {
+                        "source_id": source_id,
+                        "stage": stage,
+                        "status": state,
+                        "job_id": None if job_id is None else str(job_id),
+                    },
+                )
 
         async def add(source_id: str, stage: str) -> None:
             job = await queues[stage].add(stage, {"source_id": source_id})
@@ -87,8 +95,10 @@ class BullmqContender:
 
             return process
 
-        workers = [Worker(stage, processor(stage), {"connection": self.redis_url, "concurrency": slots})
-                   for stage, slots in self.concurrency.items()]
+        workers = [
+            Worker(stage, processor(stage), {"connection": self.redis_url, "concurrency": slots})
+            for stage, slots in self.concurrency.items()
+        ]
 
         sources = SourceInserter(self.url)
         await sources.open()
@@ -101,8 +111,11 @@ class BullmqContender:
             await asyncio.sleep(0.2)
             yield launch
         finally:
-            closing = asyncio.gather(*(worker.close() for worker in workers),
-                                     *(queue.close() for queue in queues.values()), return_exceptions=True)
+            closing = asyncio.gather(
+                *(worker.close() for worker in workers),
+                *(queue.close() for queue in queues.values()),
+                return_exceptions=True,
+            )
             try:
                 await asyncio.wait_for(closing, 30)
             except TimeoutError:  # the figures are taken; a worker that will not close is not one of them

@@ -67,10 +67,14 @@ def main(checkpoint: Path, jfk: Path, jfk_text: Path, talk: Path, out: Path) -> 
     result = model.transcribe(audio, word_timestamps=True, fp16=True, verbose=None)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    report.update(talk_audio_s=round(len(audio) / 16000, 1), talk_s=round(seconds, 2),
-                  talk_realtime_factor=round(len(audio) / 16000 / seconds, 1),
-                  talk_segments=len(result["segments"]), talk_text=result["text"].strip(),
-                  peak_gpu_mib=round(torch.cuda.max_memory_allocated() / 2**20))
+    report.update(
+        talk_audio_s=round(len(audio) / 16000, 1),
+        talk_s=round(seconds, 2),
+        talk_realtime_factor=round(len(audio) / 16000 / seconds, 1),
+        talk_segments=len(result["segments"]),
+        talk_text=result["text"].strip(),
+        peak_gpu_mib=round(torch.cuda.max_memory_allocated() / 2**20),
+    )
     out.write_text(json.dumps(report, indent=1))
     return report
 

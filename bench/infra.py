@@ -106,9 +106,22 @@ def redis_server(workdir: Path) -> Iterator[Redis]:
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_for_port(port, process, timeout=15.0)
         yield Redis(f"redis://127.0.0.1:{port}/0", process.pid)
@@ -125,8 +138,7 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise BenchError(f"redis-server exited with code {process.returncode} "
-                             "before accepting connections")
+            raise BenchError(f"redis-server exited with code {process.returncode} before accepting connections")
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return

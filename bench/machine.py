@@ -13,8 +13,19 @@ import psycopg
 
 from bench.infra import one
 
-PACKAGES = ("procrastinate", "psycopg", "psycopg-pool", "bullmq", "redis", "numpy", "faster-whisper",
-            "ctranslate2", "openai-whisper", "torch", "sentence-transformers")
+PACKAGES = (
+    "procrastinate",
+    "psycopg",
+    "psycopg-pool",
+    "bullmq",
+    "redis",
+    "numpy",
+    "faster-whisper",
+    "ctranslate2",
+    "openai-whisper",
+    "torch",
+    "sentence-transformers",
+)
 SETTINGS = "SELECT name, setting, unit FROM pg_settings WHERE name = ANY(%s) ORDER BY name"
 SERVER_SETTINGS = ("shared_buffers", "synchronous_commit", "fsync", "wal_sync_method", "max_connections")
 
@@ -58,10 +69,13 @@ def _postgres(admin_url: str) -> list[tuple[str, str]]:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         version = one(conn, "SELECT version()")[0]
         settings = conn.execute(SETTINGS, (list(SERVER_SETTINGS),)).fetchall()
-    shown = ", ".join(f"{name}={setting}{'×' + unit if unit and unit != 's' else ''}"
-                      for name, setting, unit in settings)
-    return [("PostgreSQL", version.split(" on ")[0] + " (dhgq's embedded server, fresh for this run)"),
-            ("PostgreSQL settings", shown)]
+    shown = ", ".join(
+        f"{name}={setting}{'×' + unit if unit and unit != 's' else ''}" for name, setting, unit in settings
+    )
+    return [
+        ("PostgreSQL", version.split(" on ")[0] + " (dhgq's embedded server, fresh for this run)"),
+        ("PostgreSQL settings", shown),
+    ]
 
 
 def _version(cmd: list[str]) -> str:

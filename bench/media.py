@@ -73,14 +73,18 @@ def run_section(pg: Postgres, workdir: Path, minutes: int) -> tuple[Section, dic
     excerpt, excerpt_seconds = _excerpt(Path(wav), OPENAI_SECONDS)
     openai = in_child(media_stages.transcription, str(excerpt), "openai-whisper")
     openai["audio_seconds"] = excerpt_seconds
-    results.append(("transcription: openai-whisper tiny.en (converted checkpoint; first "
-                    f"{excerpt_seconds:.0f} s, beam 5 with word times is slow on CPU)", openai))
+    results.append(
+        (
+            "transcription: openai-whisper tiny.en (converted checkpoint; first "
+            f"{excerpt_seconds:.0f} s, beam 5 with word times is slow on CPU)",
+            openai,
+        )
+    )
     results.append(("diarization: local", in_child(media_stages.diarization, wav)))
     if "transcript" in fw:
         results.append(("summarization: extractive", in_child(media_stages.summarization, fw["transcript"])))
     else:
-        results.append(("summarization: extractive",
-                        {"skipped": "no transcript (transcription did not run)"}))
+        results.append(("summarization: extractive", {"skipped": "no transcript (transcription did not run)"}))
     rows = []
     for name, result in results:
         if "skipped" in result:
@@ -88,18 +92,27 @@ def run_section(pg: Postgres, workdir: Path, minutes: int) -> tuple[Section, dic
             continue
         converted = result.get("convert_seconds")
         note = f"checkpoint conversion {converted:.1f} s" if converted is not None else ""
-        rows.append([name, result["seconds"], result.get("audio_seconds", audio) / result["seconds"],
-                     result["load_seconds"],
-                     result["peak_rss_mb"], note])
+        rows.append(
+            [
+                name,
+                result["seconds"],
+                result.get("audio_seconds", audio) / result["seconds"],
+                result["load_seconds"],
+                result["peak_rss_mb"],
+                note,
+            ]
+        )
     whole = _whole_pipeline(pg, workdir, talk)
-    body = "\n".join([
-        f"A generated two-speaker talk of {audio / 60:.1f} minutes (espeak-ng voices, MP4 with a video "
-        "track). "
-        "Each stage runs in a fresh process; realtime factor = seconds of audio / seconds of work (model "
-        "loading excluded, shown apart); peak RSS is the process's (or its ffmpeg child's) largest.\n",
-        table(("stage", "work s", "realtime factor", "model load s", "peak RSS MiB", "note"), rows),
-        whole,
-    ])
+    body = "\n".join(
+        [
+            f"A generated two-speaker talk of {audio / 60:.1f} minutes (espeak-ng voices, MP4 with a video "
+            "track). "
+            "Each stage runs in a fresh process; realtime factor = seconds of audio / seconds of work (model "
+            "loading excluded, shown apart); peak RSS is the process's (or its ffmpeg child's) largest.\n",
+            table(("stage", "work s", "realtime factor", "model load s", "peak RSS MiB", "note"), rows),
+            whole,
+        ]
+    )
     return Section(TITLE, body), {"stages": results}
 
 
@@ -119,8 +132,13 @@ def _whole_pipeline(pg: Postgres, workdir: Path, talk: Path) -> str:
     """``dhgq worker --once`` on one source against the plain script, each a fresh process."""
     out_dir = workdir / "media" / "script"
     started = time.perf_counter()
-    script = subprocess.run([sys.executable, "-m", "bench.media_stages", str(talk), str(out_dir)],
-                            capture_output=True, text=True, cwd=REPO, env=worker_env({}))
+    script = subprocess.run(
+        [sys.executable, "-m", "bench.media_stages", str(talk), str(out_dir)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=worker_env({}),
+    )
     script_seconds = time.perf_counter() - started
     if script.returncode != 0:
         return f"Whole pipeline: skipped, the plain script failed: {_last_line(script.stderr)}.\n"
@@ -131,40 +149,49 @@ def _whole_pipeline(pg: Postgres, workdir: Path, talk: Path) -> str:
         source_id = one(conn, INSERT_SOURCE, (talk.name, str(talk)))[0]
     env = worker_env({"DHGQ_DATABASE_URL": url, "DHGQ_HOME": str(workdir / "media" / "dhgq-home")})
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "dhgq", "worker", "--once"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dhgq", "worker", "--once"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
     with PeakTreeMemory(process.pid) as memory:
         stdout, stderr = process.communicate()
     worker = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     worker_seconds = time.perf_counter() - started
     with psycopg.connect(url, autocommit=True) as conn:
         stages = conn.execute(STAGE_ROWS, (source_id,)).fetchall()
-    failed = [f"{stage}: {status} {error or ''}".strip() for stage, status, error, _ in stages
-              if status != "completed"]
+    failed = [f"{stage}: {status} {error or ''}".strip() for stage, status, error, _ in stages if status != "completed"]
     if worker.returncode != 0 or failed or len(stages) < 4:
         reason = "; ".join([*failed, f"exit code {worker.returncode}: {_last_line(worker.stderr)}"])
-        return (f"Whole pipeline: the plain script took {script_seconds:.1f} s; `dhgq worker --once` did not "
-                f"complete the pipeline ({reason}), so no overhead figure.\n")
+        return (
+            f"Whole pipeline: the plain script took {script_seconds:.1f} s; `dhgq worker --once` did not "
+            f"complete the pipeline ({reason}), so no overhead figure.\n"
+        )
     overhead = (worker_seconds - script_seconds) / script_seconds
     per_stage = {stage: seconds for stage, _, _, seconds in stages}
     rows = [[stage, script_stages.get(stage), per_stage.get(stage)] for stage in script_stages]
     rows.append(["whole process, wall", script_seconds, worker_seconds])
-    return "\n".join([
-        "Whole pipeline on the same talk, each run a fresh process that loads its models: the plain script "
-        "(`python -m bench.media_stages`: the four functions one after another) against a real "
-        "`dhgq worker --once` on a fresh database (stage rows, model host processes, transcription and "
-        "diarization side by side). Stage seconds for dhgq are the stage rows' own.\n",
-        table(("", "plain script s", "dhgq worker --once s"), rows),
-        f"Pipeline overhead over the plain script: {overhead:+.1%} (target under {TARGET_OVERHEAD:.0%}), "
-        f"{verdict(overhead < TARGET_OVERHEAD)}. `--once` goes round until no job is ready and waits 0.5 s "
-        "between rounds, so each stage boundary can add up to half a second.\n",
-        f"Peak memory of the worker on this talk (the worker process and its {memory.most_processes - 1} child "
-        f"process(es), sampled every 0.2 s, default settings: {_slots()}): "
-        f"{memory.peak_pss_mb:,.0f} MiB PSS, {memory.peak_rss_mb:,.0f} MiB summed RSS (RSS counts the pages the "
-        f"processes share, torch's libraries among them, once per process). Target under "
-        f"{TARGET_WORKER_MB:,} MB: {verdict(memory.peak_pss_mb * MIB / 1e6 < TARGET_WORKER_MB)}"
-        f"{'' if memory.peak_rss_mb * MIB / 1e6 < TARGET_WORKER_MB else ' by PSS, missed by summed RSS'}.\n",
-    ])
+    return "\n".join(
+        [
+            "Whole pipeline on the same talk, each run a fresh process that loads its models: the plain script "
+            "(`python -m bench.media_stages`: the four functions one after another) against a real "
+            "`dhgq worker --once` on a fresh database (stage rows, model host processes, transcription and "
+            "diarization side by side). Stage seconds for dhgq are the stage rows' own.\n",
+            table(("", "plain script s", "dhgq worker --once s"), rows),
+            f"Pipeline overhead over the plain script: {overhead:+.1%} (target under {TARGET_OVERHEAD:.0%}), "
+            f"{verdict(overhead < TARGET_OVERHEAD)}. `--once` goes round until no job is ready and waits 0.5 s "
+            "between rounds, so each stage boundary can add up to half a second.\n",
+            f"Peak memory of the worker on this talk (the worker process and its {memory.most_processes - 1} child "
+            f"process(es), sampled every 0.2 s, default settings: {_slots()}): "
+            f"{memory.peak_pss_mb:,.0f} MiB PSS, {memory.peak_rss_mb:,.0f} MiB summed RSS (RSS counts the pages the "
+            f"processes share, torch's libraries among them, once per process). Target under "
+            f"{TARGET_WORKER_MB:,} MB: {verdict(memory.peak_pss_mb * MIB / 1e6 < TARGET_WORKER_MB)}"
+            f"{'' if memory.peak_rss_mb * MIB / 1e6 < TARGET_WORKER_MB else ' by PSS, missed by summed RSS'}.\n",
+        ]
+    )
 
 
 def _slots() -> str:
@@ -183,4 +210,3 @@ def worker_env(extra: dict[str, str]) -> dict[str, str]:
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:300] if lines else ""
-

@@ -24,8 +24,13 @@ def extraction(media: str, out_dir: str) -> dict[str, Any]:
 
     started = time.perf_counter()
     result = extract_audio(Path(media), Path(out_dir), stem="audio")
-    return {"seconds": time.perf_counter() - started, "load_seconds": 0.0, "wav": result.wav_path,
-            "audio_seconds": result.probe.duration_seconds, "peak_rss_mb": peak_rss_mb()}
+    return {
+        "seconds": time.perf_counter() - started,
+        "load_seconds": 0.0,
+        "wav": result.wav_path,
+        "audio_seconds": result.probe.duration_seconds,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def transcription(wav: str, engine: str = "faster-whisper", model: str = "tiny.en") -> dict[str, Any]:
@@ -44,9 +49,14 @@ def transcription(wav: str, engine: str = "faster-whisper", model: str = "tiny.e
     load_seconds = time.perf_counter() - started
     started = time.perf_counter()
     transcript = loaded.transcribe(Path(wav))
-    return {"seconds": time.perf_counter() - started, "load_seconds": load_seconds,
-            "words": len(transcript.text.split()), "transcript": transcript_to_dict(transcript),
-            "peak_rss_mb": peak_rss_mb(), **extra}
+    return {
+        "seconds": time.perf_counter() - started,
+        "load_seconds": load_seconds,
+        "words": len(transcript.text.split()),
+        "transcript": transcript_to_dict(transcript),
+        "peak_rss_mb": peak_rss_mb(),
+        **extra,
+    }
 
 
 def diarization(wav: str) -> dict[str, Any]:
@@ -57,8 +67,12 @@ def diarization(wav: str) -> dict[str, Any]:
     load_seconds = time.perf_counter() - started
     started = time.perf_counter()
     result = diarizer.diarize(Path(wav))
-    return {"seconds": time.perf_counter() - started, "load_seconds": load_seconds,
-            "speakers": len(result.speakers), "peak_rss_mb": peak_rss_mb()}
+    return {
+        "seconds": time.perf_counter() - started,
+        "load_seconds": load_seconds,
+        "speakers": len(result.speakers),
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def summarization(transcript: dict[str, Any]) -> dict[str, Any]:
@@ -70,8 +84,12 @@ def summarization(transcript: dict[str, Any]) -> dict[str, Any]:
     load_seconds = time.perf_counter() - started
     started = time.perf_counter()
     summary = summarize_extractive(transcript_from_dict(transcript))
-    return {"seconds": time.perf_counter() - started, "load_seconds": load_seconds,
-            "summary_words": len(summary.summary.split()), "peak_rss_mb": peak_rss_mb()}
+    return {
+        "seconds": time.perf_counter() - started,
+        "load_seconds": load_seconds,
+        "summary_words": len(summary.summary.split()),
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def whole(media: str, out_dir: str) -> dict[str, Any]:
@@ -80,10 +98,19 @@ def whole(media: str, out_dir: str) -> dict[str, Any]:
     transcribed = transcription(extracted["wav"])
     diarized = diarization(extracted["wav"])
     summarized = summarization(transcribed["transcript"])
-    return {"audio_seconds": extracted["audio_seconds"], "peak_rss_mb": peak_rss_mb(),
-            "stages": {name: round(r["seconds"] + r["load_seconds"], 3) for name, r in
-                       (("extraction", extracted), ("transcription", transcribed),
-                        ("diarization", diarized), ("summarization", summarized))}}
+    return {
+        "audio_seconds": extracted["audio_seconds"],
+        "peak_rss_mb": peak_rss_mb(),
+        "stages": {
+            name: round(r["seconds"] + r["load_seconds"], 3)
+            for name, r in (
+                ("extraction", extracted),
+                ("transcription", transcribed),
+                ("diarization", diarized),
+                ("summarization", summarized),
+            )
+        },
+    }
 
 
 if __name__ == "__main__":

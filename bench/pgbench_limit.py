@@ -47,14 +47,22 @@ class Writes:
         return self.inserts + self.updates + self.deletes
 
     def __add__(self, other: Writes) -> Writes:
-        return Writes(self.inserts + other.inserts, self.updates + other.updates,
-                      self.deletes + other.deletes, self.commits + other.commits,
-                      self.wal_syncs + other.wal_syncs)
+        return Writes(
+            self.inserts + other.inserts,
+            self.updates + other.updates,
+            self.deletes + other.deletes,
+            self.commits + other.commits,
+            self.wal_syncs + other.wal_syncs,
+        )
 
     def __sub__(self, other: Writes) -> Writes:
-        return Writes(self.inserts - other.inserts, self.updates - other.updates,
-                      self.deletes - other.deletes, self.commits - other.commits,
-                      self.wal_syncs - other.wal_syncs)
+        return Writes(
+            self.inserts - other.inserts,
+            self.updates - other.updates,
+            self.deletes - other.deletes,
+            self.commits - other.commits,
+            self.wal_syncs - other.wal_syncs,
+        )
 
 
 def writes(url: str, settle: float = 1.0) -> Writes:
@@ -83,14 +91,17 @@ def script(inserts: int, updates: int) -> str:
     lines = ["\\set id random(1, 99990)", "BEGIN;"]
     payload = '{"source_id": "00000000-0000-0000-0000-000000000000", "stage": "transcription", "n": %d}'
     lines += [f"INSERT INTO bench_log (payload) VALUES ('{payload % i}');" for i in range(inserts)]
-    lines += [f"UPDATE bench_state SET status = 'completed', job_id = :id, updated_at = now() "
-              f"WHERE id = :id + {i};" for i in range(updates)]
+    lines += [
+        f"UPDATE bench_state SET status = 'completed', job_id = :id, updated_at = now() WHERE id = :id + {i};"
+        for i in range(updates)
+    ]
     lines.append("END;")
     return "\n".join(lines) + "\n"
 
 
-def run_pgbench(pg: Postgres, workdir: Path, observed: Writes, transitions: int, clients: int,
-                seconds: int) -> PgbenchResult:
+def run_pgbench(
+    pg: Postgres, workdir: Path, observed: Writes, transitions: int, clients: int, seconds: int
+) -> PgbenchResult:
     """pgbench on a fresh database, matching dhgq's measured writes per transition."""
     inserts = max(1, round(observed.inserts / transitions))
     updates = max(1, round((observed.updates + observed.deletes) / transitions))
@@ -103,18 +114,47 @@ def run_pgbench(pg: Postgres, workdir: Path, observed: Writes, transitions: int,
     script_file.write_text(script(inserts, updates))
     for old in workdir.glob("pgbench_log*"):
         old.unlink()
-    cmd = [pg.binary("pgbench"), "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 4)),
-           "-T", str(seconds), "-f", str(script_file), "-l", "--log-prefix", str(workdir / "pgbench_log"), url]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=seconds + 120,
-                          env={**os.environ, "PGCONNECT_TIMEOUT": "10"})
+    cmd = [
+        pg.binary("pgbench"),
+        "-n",
+        "-M",
+        "prepared",
+        "-c",
+        str(clients),
+        "-j",
+        str(min(clients, 4)),
+        "-T",
+        str(seconds),
+        "-f",
+        str(script_file),
+        "-l",
+        "--log-prefix",
+        str(workdir / "pgbench_log"),
+        url,
+    ]
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        timeout=seconds + 120,
+        env={**os.environ, "PGCONNECT_TIMEOUT": "10"},
+    )
     if done.returncode != 0:
         raise BenchError(f"pgbench failed: {(done.stderr or done.stdout).strip()[-500:]}")
     match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", done.stdout)
     if match is None:
         raise BenchError(f"no tps line in pgbench's output: {done.stdout[-500:]}")
     latencies = _logged_latencies_ms(workdir)
-    return PgbenchResult(float(match.group(1)), float(np.percentile(latencies, 50)),
-                         float(np.percentile(latencies, 95)), inserts, updates, clients, seconds)
+    return PgbenchResult(
+        float(match.group(1)),
+        float(np.percentile(latencies, 50)),
+        float(np.percentile(latencies, 95)),
+        inserts,
+        updates,
+        clients,
+        seconds,
+    )
 
 
 def _logged_latencies_ms(workdir: Path) -> np.ndarray:

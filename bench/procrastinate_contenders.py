@@ -60,8 +60,9 @@ class SourceInserter:
     """Inserts each pipeline's source row, on LAUNCHERS autocommit connections of its own."""
 
     def __init__(self, url: str) -> None:
-        self._pool = AsyncConnectionPool(url, min_size=LAUNCHERS, max_size=LAUNCHERS, open=False,
-                                         kwargs={"autocommit": True})
+        self._pool = AsyncConnectionPool(
+            url, min_size=LAUNCHERS, max_size=LAUNCHERS, open=False, kwargs={"autocommit": True}
+        )
 
     async def open(self) -> None:
         await self._pool.open(wait=True)
@@ -80,8 +81,7 @@ def task_pool(url: str, concurrency: dict[str, int]) -> ConnectionPool:
 
 
 @asynccontextmanager
-async def serving(app: procrastinate.App, concurrency: dict[str, int],
-                  context: dict[str, Any]) -> AsyncIterator[None]:
+async def serving(app: procrastinate.App, concurrency: dict[str, int], context: dict[str, Any]) -> AsyncIterator[None]:
     """One Worker per queue, configured as ``dhgq.worker`` configures them; stopped on exit.
 
     The loop's default executor gets one thread per job slot: Procrastinate runs sync tasks there,
@@ -90,11 +90,22 @@ async def serving(app: procrastinate.App, concurrency: dict[str, int],
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(max_workers=sum(concurrency.values()) + 2))
     async with app.open_async():
-        workers = [Worker(app, queues=[queue], name=f"bench-{queue}", concurrency=slots, wait=True,
-                          additional_context=context, install_signal_handlers=False,
-                          update_heartbeat_interval=7.5, stalled_worker_timeout=30.0,
-                          fetch_job_polling_interval=5.0, shutdown_graceful_timeout=None)
-                   for queue, slots in concurrency.items()]
+        workers = [
+            Worker(
+                app,
+                queues=[queue],
+                name=f"bench-{queue}",
+                concurrency=slots,
+                wait=True,
+                additional_context=context,
+                install_signal_handlers=False,
+                update_heartbeat_interval=7.5,
+                stalled_worker_timeout=30.0,
+                fetch_job_polling_interval=5.0,
+                shutdown_graceful_timeout=None,
+            )
+            for queue, slots in concurrency.items()
+        ]
         runs = [asyncio.create_task(worker.run()) for worker in workers]
         await asyncio.sleep(0.2)  # let every worker register and LISTEN before the first job
         try:
@@ -106,6 +117,7 @@ async def serving(app: procrastinate.App, concurrency: dict[str, int],
 
 
 # --- dhgq's plumbing, stages that do nothing ------------------------------------------------------
+
 
 def _nothing(resources: Resources, source: Source, job: StageJob) -> None:
     return None
@@ -178,7 +190,6 @@ class DhgqContender:
             await sources.close()
             await asyncio.to_thread(resources.close)
 
-
     def prepare(self) -> None:
         """Nothing to change: the database is dhgq's, as migrated."""
 
@@ -218,8 +229,8 @@ def _wait_for_listener(url: str, timeout: float = 30.0) -> None:
 
 # --- plain Procrastinate ----------------------------------------------------------------------------
 
-def plain_task(stage: str, tracker: Tracker, pool: ConnectionPool,
-               deferrer: procrastinate.App) -> Callable[..., None]:
+
+def plain_task(stage: str, tracker: Tracker, pool: ConnectionPool, deferrer: procrastinate.App) -> Callable[..., None]:
     following = CHAIN[stage]
 
     def task(source_id: str) -> None:
@@ -227,8 +238,9 @@ def plain_task(stage: str, tracker: Tracker, pool: ConnectionPool,
         if following:
             with pool.connection() as conn, conn.transaction():
                 for stage_next in following:
-                    deferrer.configure_task(f"plain.{stage_next}", queue=stage_next,
-                                            connection=conn).defer(source_id=source_id)
+                    deferrer.configure_task(f"plain.{stage_next}", queue=stage_next, connection=conn).defer(
+                        source_id=source_id
+                    )
         tracker.completed(source_id, stage)
 
     return task
@@ -254,8 +266,11 @@ class PlainContender:
         for stage in STAGES:
             app.task(name=f"plain.{stage}", queue=stage)(plain_task(stage, tracker, pool, deferrer))
         # Starts go through their own pool, as dhgq's INSERTs do, not the workers' one.
-        launcher = procrastinate.App(connector=procrastinate.PsycopgConnector(
-            conninfo=with_search_path(self.url), min_size=LAUNCHERS, max_size=LAUNCHERS))
+        launcher = procrastinate.App(
+            connector=procrastinate.PsycopgConnector(
+                conninfo=with_search_path(self.url), min_size=LAUNCHERS, max_size=LAUNCHERS
+            )
+        )
         first = launcher.configure_task("plain.extraction", queue="extraction")
 
         async def launch(key: str) -> None:

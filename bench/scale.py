@@ -52,13 +52,17 @@ def run_section(pg: Postgres, workdir: Path, count: int, timeout: float) -> tupl
     url = pg.database("scale")
     migrate(url)  # migrations added since the run began (the worker refuses a schema behind the code)
     with psycopg.connect(url) as conn, conn.cursor() as cur:
-        cur.executemany("INSERT INTO sources_google (name, path, mime_type) VALUES (%s, %s, 'video/mp4')",
-                        [(f"clip-{i}.mp4", str(clip)) for i in range(count)])
+        cur.executemany(
+            "INSERT INTO sources_google (name, path, mime_type) VALUES (%s, %s, 'video/mp4')",
+            [(f"clip-{i}.mp4", str(clip)) for i in range(count)],
+        )
     env = worker_env({"DHGQ_DATABASE_URL": url, "DHGQ_HOME": str(workdir / "scale" / "dhgq-home")})
     log_paths = [workdir / "scale" / f"worker{i}.log" for i in range(WORKERS)]
     logs = [open(path, "ab") for path in log_paths]
-    workers = [subprocess.Popen([sys.executable, "-m", "dhgq", "worker"], cwd=REPO, env=env, stdout=log,
-                                stderr=log) for log in logs]
+    workers = [
+        subprocess.Popen([sys.executable, "-m", "dhgq", "worker"], cwd=REPO, env=env, stdout=log, stderr=log)
+        for log in logs
+    ]
     samples = _watch(url, workers, count, timeout)
     for worker in workers:
         worker.send_signal(signal.SIGTERM)
@@ -86,8 +90,9 @@ def _watch(url: str, workers: list[subprocess.Popen[bytes]], count: int, timeout
         while time.monotonic() - began < timeout:
             completed, failed = one(conn, COUNT_DONE)
             trees = [tree_memory(w.pid) for w in workers]
-            samples.append(Sample(time.monotonic() - began, completed, [t.rss_mb for t in trees],
-                                  [t.pss_mb for t in trees]))
+            samples.append(
+                Sample(time.monotonic() - began, completed, [t.rss_mb for t in trees], [t.pss_mb for t in trees])
+            )
             if completed + failed >= count or all(w.poll() is not None for w in workers):
                 break
             time.sleep(1.0)
@@ -112,19 +117,24 @@ def _render(count: int, samples: list[Sample], done_at: list[float], failed: int
     text = [
         f"{count} sources queued at once (a two-utterance clip of about 10 s each), worked off by {WORKERS} "
         f"`dhgq worker` processes with default settings; {len(done_at)} completed, {failed} failed{cut}.\n",
-        table((f"completions (blocks of {block})", "pipelines/s in the block"), rows) if rows
+        table((f"completions (blocks of {block})", "pipelines/s in the block"), rows)
+        if rows
         else "Too few completions for a throughput block.\n",
         table(("when", *[f"worker {i + 1} RSS MiB (with model hosts)" for i in range(WORKERS)]), memory),
     ]
     if drift is not None:
-        text.append(f"Throughput, the late blocks against the early ones (the first block, which pays for "
-                    f"model loading, and the last, which drains the queue, left out): {drift:.2f}×, "
-                    f"{verdict(drift >= 0.9)} (no degradation: at least 0.9×).\n")
+        text.append(
+            f"Throughput, the late blocks against the early ones (the first block, which pays for "
+            f"model loading, and the last, which drains the queue, left out): {drift:.2f}×, "
+            f"{verdict(drift >= 0.9)} (no degradation: at least 0.9×).\n"
+        )
     else:
         text.append("Too few blocks (fewer than five) to compare early and late throughput.\n")
     if growth is not None:
-        text.append(f"Memory, last sample against the first after warm-up: {growth:.2f}×, "
-                    f"{verdict(growth <= 1.2)} (flat: within 20%; models are loaded once per worker).\n")
+        text.append(
+            f"Memory, last sample against the first after warm-up: {growth:.2f}×, "
+            f"{verdict(growth <= 1.2)} (flat: within 20%; models are loaded once per worker).\n"
+        )
     return "\n".join(text)
 
 
@@ -148,8 +158,12 @@ def _memory_rows(samples: list[Sample], total: int) -> list[list[object]]:
     peak = [max(s.rss_mb[i] for s in samples) for i in range(WORKERS)]
     rows: list[list[object]] = [[label, *sample.rss_mb] for label, sample in marks]
     rows.append(["peak over the run", *peak])
-    rows.append(["peak over the run, PSS (shared pages counted once)",
-                 *[max(s.pss_mb[i] for s in samples) for i in range(WORKERS)]])
+    rows.append(
+        [
+            "peak over the run, PSS (shared pages counted once)",
+            *[max(s.pss_mb[i] for s in samples) for i in range(WORKERS)],
+        ]
+    )
     return rows
 
 

@@ -87,8 +87,7 @@ class Tracker:
         if not waiting:
             return "none unfinished"
         sample = waiting[0]
-        return (f"{len(waiting)} unfinished; e.g. entered {sorted(sample.entered)}, "
-                f"completed {sorted(sample.completed)}")
+        return f"{len(waiting)} unfinished; e.g. entered {sorted(sample.entered)}, completed {sorted(sample.completed)}"
 
 
 @dataclass
@@ -111,8 +110,9 @@ def percentile_ms(seconds: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(seconds) * 1000.0, q)) if seconds else float("nan")
 
 
-async def drive(tracker: Tracker, launch: Callable[[str], Awaitable[None]], count: int, window: int,
-                stall_timeout: float = 60.0) -> Run:
+async def drive(
+    tracker: Tracker, launch: Callable[[str], Awaitable[None]], count: int, window: int, stall_timeout: float = 60.0
+) -> Run:
     """Start ``count`` pipelines, keeping ``window`` in flight: each finish starts the next.
 
     Starts run as concurrent tasks, so a slow start never holds back the others (the launcher's own
@@ -141,8 +141,10 @@ async def drive(tracker: Tracker, launch: Callable[[str], Awaitable[None]], coun
             await tracker.next_finished(stall_timeout)
         except TimeoutError:
             failed = [t.exception() for t in starting if t.done() and t.exception()]
-            raise BenchError(f"no pipeline finished for {stall_timeout:.0f} s: {tracker.stuck()}"
-                             f"{'; a start failed: ' + repr(failed[0]) if failed else ''}") from None
+            raise BenchError(
+                f"no pipeline finished for {stall_timeout:.0f} s: {tracker.stuck()}"
+                f"{'; a start failed: ' + repr(failed[0]) if failed else ''}"
+            ) from None
         start_next()
     seconds = time.perf_counter() - began
     if starting:

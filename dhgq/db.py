@@ -71,8 +71,9 @@ def mask_url(url: str) -> str:
     return make_conninfo("", **parts)
 
 
-def connect(url: str, *, autocommit: bool = False, timeout: float = 10.0,
-            search_path: bool = True) -> psycopg.Connection:
+def connect(
+    url: str, *, autocommit: bool = False, timeout: float = 10.0, search_path: bool = True
+) -> psycopg.Connection:
     """A connection, or DatabaseUnavailable with a one-line reason naming the host.
 
     ``search_path=False`` leaves the server's default, as migrations need: they must create
@@ -131,5 +132,12 @@ def task_pool(url: str, max_size: int) -> ConnectionPool:
     round trip, where an implicit transaction would add a BEGIN and a COMMIT; several statements
     that belong together use ``conn.transaction()``.
     """
-    return ConnectionPool(with_search_path(url), min_size=1, max_size=max_size, open=True, check=_check_if_idle,
-                          reset=_remember_return, kwargs={"connect_timeout": 10, "autocommit": True})
+    return ConnectionPool(
+        with_search_path(url),
+        min_size=1,
+        max_size=max_size,
+        open=True,
+        check=_check_if_idle,
+        reset=_remember_return,
+        kwargs={"connect_timeout": 10, "autocommit": True},
+    )

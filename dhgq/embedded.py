@@ -81,8 +81,7 @@ def find_bin_dir() -> Path:
     if wheel is not None:
         return wheel
     raise ConfigurationError(
-        "no PostgreSQL server binaries found: install PostgreSQL 15+ or the pgserver wheel, "
-        "or set DHGQ_DATABASE_URL"
+        "no PostgreSQL server binaries found: install PostgreSQL 15+ or the pgserver wheel, or set DHGQ_DATABASE_URL"
     )
 
 
@@ -166,8 +165,11 @@ class EmbeddedServer:
             user = _service_user()
             if user is not None:
                 _make_traversable(self.root, user)
-            self._run([str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w"],
-                      user, "stop the embedded PostgreSQL server")
+            self._run(
+                [str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w"],
+                user,
+                "stop the embedded PostgreSQL server",
+            )
             return True
 
     def _info(self, port: int, pid: int | None, bin_dir: Path) -> ServerInfo:
@@ -191,10 +193,21 @@ class EmbeddedServer:
         previous = (self._read_state() or {}).get("port")
         port = previous if previous and not _port_open(previous) else _free_port()
         self._run(
-            [str(self.bin_dir / "pg_ctl"), "start", "-D", str(self.data_dir), "-l", str(self.log_file),
-             "-w", "-t", str(int(timeout)),
-             "-o", f"-p {port} -k {self.data_dir} -c listen_addresses=127.0.0.1"],
-            user, "start the embedded PostgreSQL server",
+            [
+                str(self.bin_dir / "pg_ctl"),
+                "start",
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_file),
+                "-w",
+                "-t",
+                str(int(timeout)),
+                "-o",
+                f"-p {port} -k {self.data_dir} -c listen_addresses=127.0.0.1",
+            ],
+            user,
+            "start the embedded PostgreSQL server",
         )
         self._write_state(port=port, bin_dir=str(self.bin_dir), superuser=self.superuser)
         self._create_database(port)
@@ -209,9 +222,20 @@ class EmbeddedServer:
         self._write_state(superuser=self._requested_superuser)
         with self._pwfile(password, user) as pwfile:
             self._run(
-                [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", self._requested_superuser,
-                 f"--auth={AUTH_METHOD}", f"--pwfile={pwfile}", "-E", "UTF8", "--no-instructions"],
-                user, "initialise the embedded PostgreSQL data directory",
+                [
+                    str(self.bin_dir / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    self._requested_superuser,
+                    f"--auth={AUTH_METHOD}",
+                    f"--pwfile={pwfile}",
+                    "-E",
+                    "UTF8",
+                    "--no-instructions",
+                ],
+                user,
+                "initialise the embedded PostgreSQL data directory",
             )
 
     @contextmanager
@@ -279,8 +303,14 @@ class EmbeddedServer:
     def _run(self, cmd: list[str], user: pwd.struct_passwd | None, what: str) -> None:
         if user is not None:  # the binaries may sit in a venv below a private directory
             _allow_traversal(Path(cmd[0]).parent)
-        result = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_demote(user),
-                                cwd=str(self.root), env={**os.environ, "LC_ALL": "C.UTF-8"})
+        result = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            preexec_fn=_demote(user),
+            cwd=str(self.root),
+            env={**os.environ, "LC_ALL": "C.UTF-8"},
+        )
         if result.returncode != 0:
             detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
             raise DatabaseUnavailable(f"could not {what}: {detail[0]} (log: {self.log_file})")

@@ -26,19 +26,23 @@ def _backend() -> Any:
     return backend
 
 
-def transcribe(wav_path: str, model: str | None = None,
-               language: str | None = None) -> tuple[Transcript, dict[str, Any]]:
+def transcribe(
+    wav_path: str, model: str | None = None, language: str | None = None
+) -> tuple[Transcript, dict[str, Any]]:
     """Whisper on the WAV; a request's model and language win over the worker's settings."""
     settings = get_settings()
-    return _backend().transcribe(Path(wav_path), model=model or settings.whisper_model,
-                                 language=language or settings.whisper_language)
+    return _backend().transcribe(
+        Path(wav_path), model=model or settings.whisper_model, language=language or settings.whisper_language
+    )
 
 
-def diarize(wav_path: str, num_speakers: int | None = None, min_speakers: int | None = None,
-            max_speakers: int | None = None) -> tuple[Diarization, dict[str, Any]]:
+def diarize(
+    wav_path: str, num_speakers: int | None = None, min_speakers: int | None = None, max_speakers: int | None = None
+) -> tuple[Diarization, dict[str, Any]]:
     """Who spoke when; a request's speaker counts steer the clustering."""
-    return _backend().diarize(Path(wav_path), num_speakers=num_speakers, min_speakers=min_speakers,
-                              max_speakers=max_speakers)
+    return _backend().diarize(
+        Path(wav_path), num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers
+    )
 
 
 def warm(stage: str) -> str:

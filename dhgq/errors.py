@@ -45,14 +45,13 @@ class DhgqError(Exception):
         return self
 
     def __str__(self) -> str:
-        where = ", ".join(
-            f"{k}={v}" for k, v in (("source", self.source_id), ("stage", self.stage)) if v
-        )
+        where = ", ".join(f"{k}={v}" for k, v in (("source", self.source_id), ("stage", self.stage)) if v)
         return f"{self.message} [{where}]" if where else self.message
 
 
-def _rebuild(cls: type[DhgqError], message: str, source_id: str | None, stage: str | None,
-             file: str | None) -> DhgqError:
+def _rebuild(
+    cls: type[DhgqError], message: str, source_id: str | None, stage: str | None, file: str | None
+) -> DhgqError:
     return cls(message, source_id=source_id, stage=stage, file=file)
 
 

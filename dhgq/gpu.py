@@ -29,15 +29,27 @@ if TYPE_CHECKING:
 
 RunInfo = dict[str, Any]
 
-CREDENTIALS_FIX = (
-    "run `modal token new` or set MODAL_TOKEN_ID/MODAL_TOKEN_SECRET, then `dhgq modal deploy`"
-)
+CREDENTIALS_FIX = "run `modal token new` or set MODAL_TOKEN_ID/MODAL_TOKEN_SECRET, then `dhgq modal deploy`"
 DEPLOY_FIX = "run `dhgq modal deploy`"
 # Model names openai-whisper can fetch (the Modal app's engine); local paths do not travel.
-MODAL_WHISPER_MODELS = frozenset({
-    "tiny.en", "tiny", "base.en", "base", "small.en", "small", "medium.en", "medium",
-    "large-v1", "large-v2", "large-v3", "large", "large-v3-turbo", "turbo",
-})
+MODAL_WHISPER_MODELS = frozenset(
+    {
+        "tiny.en",
+        "tiny",
+        "base.en",
+        "base",
+        "small.en",
+        "small",
+        "medium.en",
+        "medium",
+        "large-v1",
+        "large-v2",
+        "large-v3",
+        "large",
+        "large-v3-turbo",
+        "turbo",
+    }
+)
 LONG_AUDIO_SECONDS = 600.0
 APP_MODULE = "modal_gpu.app"
 
@@ -47,9 +59,7 @@ class GpuBackend(Protocol):
 
     name: str
 
-    def transcribe(
-        self, wav_path: Path, *, model: str, language: str | None = None
-    ) -> tuple[Transcript, RunInfo]: ...
+    def transcribe(self, wav_path: Path, *, model: str, language: str | None = None) -> tuple[Transcript, RunInfo]: ...
 
     def diarize(
         self,
@@ -63,8 +73,13 @@ class GpuBackend(Protocol):
 
 def run_info(backend: str, gpu: str | None, model: str, started: float, **extra: Any) -> RunInfo:
     """The metadata stored with a stage's result."""
-    return {"backend": backend, "gpu": gpu, "model": model,
-            "duration_s": round(time.perf_counter() - started, 3), **extra}
+    return {
+        "backend": backend,
+        "gpu": gpu,
+        "model": model,
+        "duration_s": round(time.perf_counter() - started, 3),
+        **extra,
+    }
 
 
 class LocalBackend:
@@ -100,9 +115,7 @@ class LocalBackend:
 
             torch.set_num_threads(self.cpu_threads)
 
-    def transcribe(
-        self, wav_path: Path, *, model: str, language: str | None = None
-    ) -> tuple[Transcript, RunInfo]:
+    def transcribe(self, wav_path: Path, *, model: str, language: str | None = None) -> tuple[Transcript, RunInfo]:
         started = time.perf_counter()
         engine = self.transcription_engine(model)
         transcript = engine.transcribe(Path(wav_path), language=language)
@@ -133,9 +146,7 @@ class ModalBackend:
         self.settings = settings
         self.long_audio_seconds = long_audio_seconds
 
-    def transcribe(
-        self, wav_path: Path, *, model: str, language: str | None = None
-    ) -> tuple[Transcript, RunInfo]:
+    def transcribe(self, wav_path: Path, *, model: str, language: str | None = None) -> tuple[Transcript, RunInfo]:
         import modal
 
         if model not in MODAL_WHISPER_MODELS:
@@ -154,8 +165,13 @@ class ModalBackend:
                 output = transcriber.transcribe.remote(audio, model, language)
         transcript = transcript_from_dict(output["transcript"])
         return transcript, run_info(
-            self.name, self.settings.modal_gpu, model, started, engine=transcript.engine,
-            device=output.get("device"), remote_s=round(output.get("seconds", 0.0), 3),
+            self.name,
+            self.settings.modal_gpu,
+            model,
+            started,
+            engine=transcript.engine,
+            device=output.get("device"),
+            remote_s=round(output.get("seconds", 0.0), 3),
             chunks=output.get("chunks", 1),
         )
 
@@ -177,8 +193,13 @@ class ModalBackend:
             output = diarizer.diarize.remote(audio, num_speakers, min_speakers, max_speakers)
         diarization = diarization_from_dict(output["diarization"])
         return diarization, run_info(
-            self.name, self.settings.modal_gpu, diarization.engine, started, engine=diarization.engine,
-            device=output.get("device"), remote_s=round(output.get("seconds", 0.0), 3),
+            self.name,
+            self.settings.modal_gpu,
+            diarization.engine,
+            started,
+            engine=diarization.engine,
+            device=output.get("device"),
+            remote_s=round(output.get("seconds", 0.0), 3),
         )
 
 
@@ -207,8 +228,17 @@ def modal_errors(app_name: str, stage: str) -> Iterator[None]:
     except (mx.AuthError, mx.PermissionDeniedError) as exc:
         message = f"Modal refused the credentials ({exc}): {CREDENTIALS_FIX}"
         raise ConfigurationError(message, stage=stage) from exc
-    except (mx.TimeoutError, mx.ConnectionError, mx.InternalFailure, mx.InternalError, mx.ServiceError,
-            mx.ResourceExhaustedError, mx.ClientClosed, TimeoutError, ConnectionError) as exc:
+    except (
+        mx.TimeoutError,
+        mx.ConnectionError,
+        mx.InternalFailure,
+        mx.InternalError,
+        mx.ServiceError,
+        mx.ResourceExhaustedError,
+        mx.ClientClosed,
+        TimeoutError,
+        ConnectionError,
+    ) as exc:
         raise TransientError(f"Modal {stage} failed, will retry: {exc!r}", stage=stage) from exc
     except (mx.InvalidError, mx.RequestSizeError, mx.SerializationError) as exc:
         raise PermanentError(f"Modal rejected the {stage} request: {exc}", stage=stage) from exc
@@ -276,8 +306,13 @@ def deploy(settings: Settings, timeout: float = 3600.0) -> str:
         raise ConfigurationError(f"cannot deploy: no Modal credentials: {CREDENTIALS_FIX}")
     try:
         done = subprocess.run(
-            deploy_command(settings), cwd=app_source(), env=deploy_environment(settings),
-            capture_output=True, text=True, timeout=timeout, check=False,
+            deploy_command(settings),
+            cwd=app_source(),
+            env=deploy_environment(settings),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
     except subprocess.TimeoutExpired as exc:
         raise TransientError(f"`modal deploy` ran past {timeout:.0f}s") from exc

@@ -21,8 +21,16 @@ class ContextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         context = {k: getattr(record, k) for k in CONTEXT_FIELDS if getattr(record, k, None) is not None}
         if self.as_json:
-            return json.dumps({"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
-                               "message": record.getMessage(), **context}, default=str)
+            return json.dumps(
+                {
+                    "time": self.formatTime(record),
+                    "level": record.levelname,
+                    "logger": record.name,
+                    "message": record.getMessage(),
+                    **context,
+                },
+                default=str,
+            )
         line = super().format(record)
         return line + "".join(f" {k}={v}" for k, v in context.items())
 

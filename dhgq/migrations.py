@@ -109,9 +109,7 @@ def procrastinate_behind(url: str) -> list[str]:
 
     shipped = Path(procrastinate.__file__).parent / "sql" / "migrations"
     with connect(url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT schema_level FROM dhgq.components WHERE component = 'procrastinate'"
-        ).fetchone()
+        row = conn.execute("SELECT schema_level FROM dhgq.components WHERE component = 'procrastinate'").fetchone()
     if row is None:
         return []
     return sorted(p.stem for p in shipped.glob("*.sql") if p.stem > row[0])

@@ -113,9 +113,10 @@ def run_stage(resources: Resources, spec: StageSpec[Output], job: StageJob) -> N
                 return
             result = spec.save(conn, source, output)
             result["stage_seconds"] = round(time.monotonic() - started, 3)
-            conn.execute(query("complete_stage"),
-                         {"source_id": job.source_id, "stage": job.stage, "job_id": str(job.job_id),
-                          "result": Jsonb(result)})
+            conn.execute(
+                query("complete_stage"),
+                {"source_id": job.source_id, "stage": job.stage, "job_id": str(job.job_id), "result": Jsonb(result)},
+            )
             mine.update(status="completed", result=result)  # as the row now is, for then()
             spec.then(conn, source, rows)
         logger.info("stage completed in %.2f s", time.monotonic() - started, extra=job.log)
@@ -135,8 +136,15 @@ def _claim(resources: Resources, job: StageJob) -> Source | None:
         logger.info("nothing to do: the stage is done, cancelled or queued again", extra=job.log)
         return None
     duration = row["audio_duration_seconds"]
-    return Source(str(row["id"]), row["name"], row["path"], row["mime_type"], row["audio_extraction_path"],
-                  float(duration) if duration is not None else None, row["options"] or {})
+    return Source(
+        str(row["id"]),
+        row["name"],
+        row["path"],
+        row["mime_type"],
+        row["audio_extraction_path"],
+        float(duration) if duration is not None else None,
+        row["options"] or {},
+    )
 
 
 def _lock(conn: psycopg.Connection, job: StageJob, stages: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -149,20 +157,29 @@ def _record_failure(resources: Resources, job: StageJob, exc: Exception, source:
     """Write the failure to the stage row, then re-raise in the form Procrastinate acts on."""
     error_class = classify(exc)
     will_retry = error_class == "transient" and job.attempt < resources.settings.max_attempts
-    error = exc if isinstance(exc, DhgqError) else (
-        TransientError if error_class == "transient" else DhgqError
-    )(f"{type(exc).__name__}: {exc}")
+    error = (
+        exc
+        if isinstance(exc, DhgqError)
+        else (TransientError if error_class == "transient" else DhgqError)(f"{type(exc).__name__}: {exc}")
+    )
     error.with_context(source_id=job.source_id, stage=job.stage, file=source.path)
     message = error.message if error.file is None or error.file in error.message else f"{error.file}: {error.message}"
     try:
         with resources.pool.connection() as conn:
-            conn.execute(query("fail_stage"),
-                         {"source_id": job.source_id, "stage": job.stage, "job_id": str(job.job_id),
-                          "will_retry": will_retry, "error": message, "error_class": error_class})
+            conn.execute(
+                query("fail_stage"),
+                {
+                    "source_id": job.source_id,
+                    "stage": job.stage,
+                    "job_id": str(job.job_id),
+                    "will_retry": will_retry,
+                    "error": message,
+                    "error_class": error_class,
+                },
+            )
     except psycopg.Error as db_exc:
         logger.warning("could not record the failure: %s", db_exc, extra=job.log)
-    logger.warning("stage failed (%s%s): %s", error_class, ", will retry" if will_retry else "", message,
-                   extra=job.log)
+    logger.warning("stage failed (%s%s): %s", error_class, ", will retry" if will_retry else "", message, extra=job.log)
     if error_class == "transient":
         raise error if isinstance(error, TransientError) else TransientError(message) from exc
     raise error from exc
@@ -177,17 +194,23 @@ def report_progress(resources: Resources, job: StageJob, percent: float) -> None
     """Best-effort progress on the stage row (its trigger NOTIFYs the monitor)."""
     try:
         with resources.pool.connection() as conn:
-            conn.execute(query("set_progress"), {"source_id": job.source_id, "stage": job.stage,
-                                                 "job_id": str(job.job_id), "progress": round(percent, 1)})
+            conn.execute(
+                query("set_progress"),
+                {
+                    "source_id": job.source_id,
+                    "stage": job.stage,
+                    "job_id": str(job.job_id),
+                    "progress": round(percent, 1),
+                },
+            )
     except psycopg.Error:
         pass
 
 
-def run_on_extracted_audio(resources: Resources, source: Source, job: StageJob, target: str,
-                           **options: Any) -> Any:
+def run_on_extracted_audio(resources: Resources, source: Source, job: StageJob, target: str, **options: Any) -> Any:
     """A GPU stage's work: the extracted audio, in the stage's model host, under its time limit."""
     wav_path = source.extracted_audio()
     report_progress(resources, job, 5)
-    return resources.host(job.stage).call(target, resources.settings.stage_timeout(source.duration),
-                                          wav_path=wav_path, **options)
-
+    return resources.host(job.stage).call(
+        target, resources.settings.stage_timeout(source.duration), wav_path=wav_path, **options
+    )

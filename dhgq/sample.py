@@ -21,8 +21,7 @@ SCRIPT: list[tuple[str, str]] = [
     ),
     (
         "bob",
-        "Thank you for having me. Today I want to explain how we turn recorded talks "
-        "into searchable transcripts.",
+        "Thank you for having me. Today I want to explain how we turn recorded talks into searchable transcripts.",
     ),
     (
         "alice",
@@ -30,8 +29,7 @@ SCRIPT: list[tuple[str, str]] = [
     ),
     (
         "bob",
-        "The database notices the new row and queues an extraction job "
-        "that pulls the audio out of the video.",
+        "The database notices the new row and queues an extraction job that pulls the audio out of the video.",
     ),
 ]
 

@@ -24,9 +24,7 @@ SEED_MODEL_CONCURRENCY = 2  # the seeds' MAX_CONCURRENT_TRANSCRIPTIONS and _DIAR
 class Settings(BaseSettings):
     """dhgq's configuration; see the README's configuration table."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="DHGQ_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="DHGQ_", env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     # Database: unset means "start the embedded PostgreSQL server under home".
     database_url: SecretStr | None = None
@@ -45,8 +43,12 @@ class Settings(BaseSettings):
     max_concurrent_transcriptions: int | None = Field(None, ge=1, description="default: see concurrency()")
     max_concurrent_diarizations: int | None = Field(None, ge=1, description="default: see concurrency()")
     max_concurrent_summarizations: int = Field(2, ge=1)
-    model_threads: int | None = Field(None, ge=1, description="CPU threads per local model job; default: "
-                                      "the cores shared out among the transcription and diarization slots")
+    model_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads per local model job; default: "
+        "the cores shared out among the transcription and diarization slots",
+    )
     max_attempts: int = Field(3, ge=1)
     retry_base_delay: int = Field(2, ge=0, description="seconds; doubles per attempt")
     stage_timeout_base: float = Field(120.0, gt=0, description="seconds per stage, plus the factor below")

@@ -81,8 +81,9 @@ def content_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def add_file(conn: psycopg.Connection, path: Path, *, origin: str = "dhgq",
-             options: dict[str, Any] | None = None) -> Added:
+def add_file(
+    conn: psycopg.Connection, path: Path, *, origin: str = "dhgq", options: dict[str, Any] | None = None
+) -> Added:
     """Insert a source for the file unless one has the same content; the trigger queues it.
 
     ``options`` (model, language, num_speakers, ...) pass the same checks as a user's request's.
@@ -94,19 +95,21 @@ def add_file(conn: psycopg.Connection, path: Path, *, origin: str = "dhgq",
         known = conn.execute(query("source_by_hash"), {"content_hash": digest}).fetchone()
         if known is not None:
             return Added(path, str(known[0]), False, size)
-        row = one(conn.execute(
-            query("insert_source"),
-            {
-                "name": path.name,
-                "path": str(path),
-                "size": size,
-                "content_hash": digest,
-                "batch_id": None,
-                "mime_type": MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream"),
-                "metadata": Jsonb({"added_by": origin}),
-                "options": Jsonb(options or {}),
-            },
-        ))
+        row = one(
+            conn.execute(
+                query("insert_source"),
+                {
+                    "name": path.name,
+                    "path": str(path),
+                    "size": size,
+                    "content_hash": digest,
+                    "batch_id": None,
+                    "mime_type": MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream"),
+                    "metadata": Jsonb({"added_by": origin}),
+                    "options": Jsonb(options or {}),
+                },
+            )
+        )
     return Added(path, str(row[0]), True, size)
 
 
@@ -132,9 +135,7 @@ def resolve(conn: psycopg.Connection, ref: str) -> dict[str, Any]:
         raise SourceNotFound("an empty source reference matches nothing")
     prefix = ref.lower().replace("\\", "").replace("%", "").replace("_", "\\_") + "%"
     rows = (
-        conn.cursor(row_factory=dict_row)
-        .execute(query("cli_find_source"), {"ref": ref, "prefix": prefix})
-        .fetchall()
+        conn.cursor(row_factory=dict_row).execute(query("cli_find_source"), {"ref": ref, "prefix": prefix}).fetchall()
     )
     if rows and _is_uuid(ref) and str(rows[0]["id"]) == ref.lower():
         return rows[0]

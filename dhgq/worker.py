@@ -26,14 +26,22 @@ from dhgq.settings import STAGES, Settings, Stage
 logger = logging.getLogger("dhgq.worker")
 
 
-def run(settings: Settings, url: str, *, queues: Sequence[Stage] = STAGES, once: bool = False,
-        concurrency: int | None = None, warm: bool = False) -> None:
+def run(
+    settings: Settings,
+    url: str,
+    *,
+    queues: Sequence[Stage] = STAGES,
+    once: bool = False,
+    concurrency: int | None = None,
+    warm: bool = False,
+) -> None:
     """Run until stopped (SIGTERM/SIGINT finish the jobs in hand), or with ``once`` until idle."""
     asyncio.run(_run(settings, url, list(queues), once, concurrency, warm))
 
 
-async def _run(settings: Settings, url: str, queues: list[Stage], once: bool, concurrency: int | None,
-               warm: bool) -> None:
+async def _run(
+    settings: Settings, url: str, queues: list[Stage], once: bool, concurrency: int | None, warm: bool
+) -> None:
     # Procrastinate runs sync tasks in the loop's default executor, which asyncio caps at cores + 4
     # threads: fewer than the job slots of four queues, so size it to the slots.
     slots = sum(concurrency or settings.concurrency(queue) for queue in queues)
@@ -51,17 +59,28 @@ async def _run(settings: Settings, url: str, queues: list[Stage], once: bool, co
         await asyncio.to_thread(resources.close)
 
 
-async def _serve(bound: procrastinate.App, resources: Resources, queues: list[Stage], once: bool,
-                 concurrency: int | None) -> None:
+async def _serve(
+    bound: procrastinate.App, resources: Resources, queues: list[Stage], once: bool, concurrency: int | None
+) -> None:
     settings = resources.settings
 
     def make_workers() -> list[Worker]:
-        return [Worker(bound, queues=[queue], name=f"dhgq-{queue}",
-                       concurrency=concurrency or settings.concurrency(queue), wait=not once,
-                       additional_context={"dhgq": resources}, install_signal_handlers=False,
-                       update_heartbeat_interval=max(1.0, settings.stalled_after / 4),
-                       stalled_worker_timeout=settings.stalled_after, fetch_job_polling_interval=5.0,
-                       shutdown_graceful_timeout=None) for queue in queues]
+        return [
+            Worker(
+                bound,
+                queues=[queue],
+                name=f"dhgq-{queue}",
+                concurrency=concurrency or settings.concurrency(queue),
+                wait=not once,
+                additional_context={"dhgq": resources},
+                install_signal_handlers=False,
+                update_heartbeat_interval=max(1.0, settings.stalled_after / 4),
+                stalled_worker_timeout=settings.stalled_after,
+                fetch_job_polling_interval=5.0,
+                shutdown_graceful_timeout=None,
+            )
+            for queue in queues
+        ]
 
     if not once:
         workers = make_workers()
@@ -114,8 +133,10 @@ async def recover_stalled_jobs(bound: procrastinate.App, resources: Resources) -
     for job in stalled:
         await bound.job_manager.retry_job(job)
         await asyncio.to_thread(_notify, resources, job.queue, job.id)
-        logger.warning("re-queued stalled job", extra={"job_id": job.id, "queue": job.queue,
-                                                       "source_id": job.task_kwargs.get("source_id")})
+        logger.warning(
+            "re-queued stalled job",
+            extra={"job_id": job.id, "queue": job.queue, "source_id": job.task_kwargs.get("source_id")},
+        )
         count += 1
     await bound.job_manager.prune_stalled_workers(resources.settings.stalled_after)
     return count

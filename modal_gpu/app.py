@@ -306,9 +306,7 @@ class Transcriber:
         return self.engines[model]
 
     @modal.method()
-    def transcribe(
-        self, audio: bytes | str, model: str | None = None, language: str | None = None
-    ) -> dict[str, Any]:
+    def transcribe(self, audio: bytes | str, model: str | None = None, language: str | None = None) -> dict[str, Any]:
         return run_transcription(self.engine_for(model or self.model), audio, language)
 
 

@@ -11,8 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_smoke_run_writes_the_report(tmp_path: Path) -> None:
     out = tmp_path / "benchmarks.md"
-    command = [sys.executable, "-m", "bench", "--smoke", "--only", "queue,dispatch", "--skip-bullmq",
-               "--out", str(out)]
+    command = [sys.executable, "-m", "bench", "--smoke", "--only", "queue,dispatch", "--skip-bullmq", "--out", str(out)]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-4000:]
     report = out.read_text()

@@ -27,8 +27,7 @@ def bursts(pattern: list[tuple[float, bool]], seed: int = 0) -> np.ndarray:
     """Noise where True (speech), near-silence where False, for the given seconds."""
     rng = np.random.default_rng(seed)
     parts = [
-        (rng.normal(0, 0.3 if loud else 0.001, int(seconds * RATE))).astype(np.float32)
-        for seconds, loud in pattern
+        (rng.normal(0, 0.3 if loud else 0.001, int(seconds * RATE))).astype(np.float32) for seconds, loud in pattern
     ]
     return np.concatenate(parts)
 
@@ -129,9 +128,7 @@ def long_talk(tmp_path_factory: pytest.TempPathFactory) -> Reference:
 
 
 @pytest.mark.slow
-def test_split_and_stitch_matches_a_single_pass_on_a_five_minute_talk(
-    long_talk: Reference, tmp_path: Path
-) -> None:
+def test_split_and_stitch_matches_a_single_pass_on_a_five_minute_talk(long_talk: Reference, tmp_path: Path) -> None:
     from dhgq.media.transcription import load_engine
 
     engine = load_engine("faster-whisper", "tiny.en", "int8", None)

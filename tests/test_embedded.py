@@ -17,14 +17,17 @@ from dhgq.embedded import EmbeddedServer, ServerInfo
 
 
 def dhgq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dhgq", *args], env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-m", "dhgq", *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_start_reuse_and_stop(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "DHGQ_DATABASE_URL"} | {"DHGQ_HOME": str(tmp_path)}
-    procs = [subprocess.Popen([sys.executable, "-m", "dhgq", "db", "start", "--json"], env=env,
-                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "dhgq", "db", "start", "--json"], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     started = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
     assert started[0]["port"] == started[1]["port"]  # the second process reused the first one's server
     url = dhgq("db", "url", env=env).stdout.strip()
@@ -37,8 +40,11 @@ def test_start_reuse_and_stop(tmp_path: Path) -> None:
 
 
 def test_bad_database_url_is_one_line(tmp_path: Path) -> None:
-    env = {**os.environ, "DHGQ_HOME": str(tmp_path),
-           "DHGQ_DATABASE_URL": "postgresql://dhgq:s3cret@db.invalid.example:5432/dhgq"}
+    env = {
+        **os.environ,
+        "DHGQ_HOME": str(tmp_path),
+        "DHGQ_DATABASE_URL": "postgresql://dhgq:s3cret@db.invalid.example:5432/dhgq",
+    }
     result = dhgq("db", "migrate", env=env)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -104,8 +110,9 @@ def test_fresh_server_needs_its_generated_password(tmp_path: Path) -> None:
         assert not list((tmp_path / "pg").glob(".initdb-pwfile-*"))  # initdb's copy is gone
         assert info.password not in repr(info)
         with psycopg.connect(info.url()) as conn:
-            assert conn.execute("SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid "
-                                "WHERE rolname = current_user").fetchone() == (True,)
+            assert conn.execute(
+                "SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid WHERE rolname = current_user"
+            ).fetchone() == (True,)
     finally:
         assert server.stop()
     again = EmbeddedServer(tmp_path).start()  # a restart reads the same password back
@@ -142,10 +149,25 @@ def test_trust_data_directory_is_upgraded_to_passwords(tmp_path: Path) -> None:
     user = _service_user()
     if user is not None:
         _make_traversable(root, user)
-    subprocess.run([str(find_bin_dir() / "initdb"), "-D", str(root / "data"), "-U", "postgres", "-A", "trust",
-                    "-E", "UTF8", "--no-instructions"],
-                   check=True, capture_output=True, preexec_fn=_demote(user), cwd=root,
-                   env={**os.environ, "LC_ALL": "C.UTF-8"})
+    subprocess.run(
+        [
+            str(find_bin_dir() / "initdb"),
+            "-D",
+            str(root / "data"),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-instructions",
+        ],
+        check=True,
+        capture_output=True,
+        preexec_fn=_demote(user),
+        cwd=root,
+        env={**os.environ, "LC_ALL": "C.UTF-8"},
+    )
     assert not (root / "password").exists()
     server = EmbeddedServer(tmp_path)
     info = server.start()

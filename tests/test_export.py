@@ -13,9 +13,7 @@ from dhgq.media.export import FORMATS, display_speaker, render
 from dhgq.media.types import Diarization, Segment, SpeakerTurn, Summary, Transcript, Word
 
 SEGMENTS = [
-    Segment(
-        0.0, 2.5, "Welcome to the talk.", 0.9, [Word(0.0, 0.6, "Welcome", 0.95, "SPEAKER_1")], "SPEAKER_1"
-    ),
+    Segment(0.0, 2.5, "Welcome to the talk.", 0.9, [Word(0.0, 0.6, "Welcome", 0.95, "SPEAKER_1")], "SPEAKER_1"),
     Segment(2.5, 4.0, "Today we look at queues.", 0.9, [], "SPEAKER_1"),
     Segment(4.2, 7.75, "Thanks, how do jobs survive a crash?", 0.8, [], "SPEAKER_2"),
     Segment(8.0, 3725.5, "They live in the database.", 0.85, [], "SPEAKER_1"),
@@ -24,8 +22,7 @@ SEGMENTS = [
 
 def make_transcript(speakers: bool = True) -> Transcript:
     segments = [
-        Segment(s.start, s.end, s.text, s.confidence, list(s.words), s.speaker if speakers else None)
-        for s in SEGMENTS
+        Segment(s.start, s.end, s.text, s.confidence, list(s.words), s.speaker if speakers else None) for s in SEGMENTS
     ]
     return Transcript(
         text=" ".join(s.text for s in segments),
@@ -74,9 +71,7 @@ def test_txt_merges_consecutive_segments_of_one_speaker() -> None:
 
 
 def test_speakers_come_from_the_diarization_when_segments_have_none() -> None:
-    assert render(make_transcript(speakers=False), DIARIZATION, "txt") == render(
-        make_transcript(), None, "txt"
-    )
+    assert render(make_transcript(speakers=False), DIARIZATION, "txt") == render(make_transcript(), None, "txt")
     assert render(make_transcript(speakers=False), None, "txt").splitlines()[0] == "Welcome to the talk."
 
 

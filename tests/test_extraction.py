@@ -139,9 +139,7 @@ def test_timeout_kills_ffmpeg_and_is_transient(talk: tuple[Reference, Path], tmp
     assert not list(tmp_path.glob("*"))
 
 
-def test_probe_without_ffprobe_uses_pyav(
-    talk: tuple[Reference, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_probe_without_ffprobe_uses_pyav(talk: tuple[Reference, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     with_ffprobe = probe(talk[1])
     monkeypatch.setattr(extraction, "ffprobe_binary", lambda: None)
     with_av = probe(talk[1])

@@ -62,9 +62,7 @@ def test_local_is_local(no_credentials: None) -> None:
     assert isinstance(backend, gpu.LocalBackend) and "local" in reason
 
 
-def test_auto_with_token_variables_chooses_modal(
-    no_credentials: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_auto_with_token_variables_chooses_modal(no_credentials: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODAL_TOKEN_ID", "ak-test")
     monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-test")
     backend, reason = gpu.select_backend(settings(gpu_backend="auto", modal_gpu="L4"))
@@ -123,9 +121,7 @@ def test_deploy_and_check_without_credentials(no_credentials: None) -> None:
     assert not any(ok for _, ok, _ in results)
 
 
-def test_a_missing_deployment_names_dhgq_modal_deploy(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_a_missing_deployment_names_dhgq_modal_deploy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     def not_deployed(app_name: str, name: str, **_: Any) -> Any:
         raise mx.NotFoundError(f"Lookup failed for Cls '{name}' from the '{app_name}' app")
 

@@ -12,21 +12,78 @@ import pytest
 from dhgq import migrations
 
 SEED_COLUMNS = {
-    "sources_google": {"id", "name", "mime_type", "path", "created_at", "drive_id", "web_view_link", "size",
-                       "modified_time", "audio_extracted", "audio_extraction_path", "audio_duration_seconds",
-                       "audio_channels", "audio_bitrate", "audio_quality_metrics"},
-    "expert_documents": {"id", "source_id", "raw_content", "processed_content", "content_type",
-                         "processing_status", "word_count", "language", "whisper_model_used",
-                         "ai_processing_details"},
-    "audio_segments": {"id", "expert_document_id", "start_time", "end_time", "text", "speaker_id",
-                       "confidence", "metadata", "created_at", "updated_at"},
+    "sources_google": {
+        "id",
+        "name",
+        "mime_type",
+        "path",
+        "created_at",
+        "drive_id",
+        "web_view_link",
+        "size",
+        "modified_time",
+        "audio_extracted",
+        "audio_extraction_path",
+        "audio_duration_seconds",
+        "audio_channels",
+        "audio_bitrate",
+        "audio_quality_metrics",
+    },
+    "expert_documents": {
+        "id",
+        "source_id",
+        "raw_content",
+        "processed_content",
+        "content_type",
+        "processing_status",
+        "word_count",
+        "language",
+        "whisper_model_used",
+        "ai_processing_details",
+    },
+    "audio_segments": {
+        "id",
+        "expert_document_id",
+        "start_time",
+        "end_time",
+        "text",
+        "speaker_id",
+        "confidence",
+        "metadata",
+        "created_at",
+        "updated_at",
+    },
     "speaker_profiles": {"id", "source_id", "label", "embedding"},
     "processing_batches": {"id", "name", "status", "processor_config"},
-    "audio_processing_stages": {"id", "source_id", "stage", "status", "job_id", "queue_name", "started_at",
-                                "completed_at", "result", "error", "attempts", "created_at", "updated_at"},
+    "audio_processing_stages": {
+        "id",
+        "source_id",
+        "stage",
+        "status",
+        "job_id",
+        "queue_name",
+        "started_at",
+        "completed_at",
+        "result",
+        "error",
+        "attempts",
+        "created_at",
+        "updated_at",
+    },
     "presentation_assets": {"id", "presentation_id", "expert_document_id", "relationship_metadata"},
-    "processing_jobs": {"id", "created_at", "updated_at", "completed_at", "user_id", "job_id", "file_path",
-                        "options", "status", "result", "error"},
+    "processing_jobs": {
+        "id",
+        "created_at",
+        "updated_at",
+        "completed_at",
+        "user_id",
+        "job_id",
+        "file_path",
+        "options",
+        "status",
+        "result",
+        "error",
+    },
 }
 ABSENT = {"expert_documents": "processing_metadata", "processing_batches": "processor_settings"}
 
@@ -96,9 +153,13 @@ def test_stage_changes_notify_only_while_someone_listens(db_url: str) -> None:
     with psycopg.connect(db_url, autocommit=True) as writer, psycopg.connect(db_url, autocommit=True) as listener:
         listener.execute("LISTEN dhgq_stages")  # a bare LISTEN does not register
         source_id = writer.execute(
-            "INSERT INTO sources_google (name, path) VALUES ('a.mp4', '/a.mp4') RETURNING id").fetchone()[0]
-        writer.execute("INSERT INTO dhgq.audio_processing_stages (source_id, stage, status) "
-                       "VALUES (%s, 'extraction', 'processing') ON CONFLICT DO NOTHING", (source_id,))
+            "INSERT INTO sources_google (name, path) VALUES ('a.mp4', '/a.mp4') RETURNING id"
+        ).fetchone()[0]
+        writer.execute(
+            "INSERT INTO dhgq.audio_processing_stages (source_id, stage, status) "
+            "VALUES (%s, 'extraction', 'processing') ON CONFLICT DO NOTHING",
+            (source_id,),
+        )
         writer.execute("UPDATE dhgq.audio_processing_stages SET progress = 10 WHERE source_id = %s", (source_id,))
         assert list(listener.notifies(timeout=0.5)) == []
 
@@ -123,16 +184,21 @@ def test_claims_and_progress_commit_without_waiting_for_the_flush(db_url: str) -
 
     with connect(db_url, autocommit=True) as conn:  # dhgq's search_path, as the workers
         source_id = conn.execute(
-            "INSERT INTO sources_google (name, path) VALUES ('a.mp4', '/a.mp4') RETURNING id").fetchone()[0]
-        conn.execute("INSERT INTO dhgq.audio_processing_stages (source_id, stage, status, job_id) "
-                     "VALUES (%s, 'extraction', 'queued', '7') ON CONFLICT (source_id, stage) "
-                     "DO UPDATE SET status = 'queued', job_id = '7'", (source_id,))
+            "INSERT INTO sources_google (name, path) VALUES ('a.mp4', '/a.mp4') RETURNING id"
+        ).fetchone()[0]
+        conn.execute(
+            "INSERT INTO dhgq.audio_processing_stages (source_id, stage, status, job_id) "
+            "VALUES (%s, 'extraction', 'queued', '7') ON CONFLICT (source_id, stage) "
+            "DO UPDATE SET status = 'queued', job_id = '7'",
+            (source_id,),
+        )
         params = {"source_id": source_id, "stage": "extraction", "job_id": "7", "attempt": 1, "progress": 50}
         for name in ("begin_stage", "set_progress"):
             with conn.transaction():
                 conn.execute(query(name), params)
                 assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
             assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
-        row = conn.execute("SELECT status, progress FROM dhgq.audio_processing_stages WHERE source_id = %s",
-                           (source_id,)).fetchone()
+        row = conn.execute(
+            "SELECT status, progress FROM dhgq.audio_processing_stages WHERE source_id = %s", (source_id,)
+        ).fetchone()
         assert row == ("processing", 50)

@@ -79,9 +79,7 @@ def test_fetch_audio_takes_bytes_or_urls_never_paths(server: tuple[str, Path]) -
 
 
 @pytest.mark.slow
-def test_transcriber_body_runs_through_local(
-    transcriber: object, talk: Reference, server: tuple[str, Path]
-) -> None:
+def test_transcriber_body_runs_through_local(transcriber: object, talk: Reference, server: tuple[str, Path]) -> None:
     output = transcriber.transcribe.local(talk.audio.read_bytes(), "tiny.en", None)  # type: ignore[attr-defined]
     assert output["device"] == "cpu" and output["seconds"] > 0
     transcript = transcript_from_dict(output["transcript"])
@@ -133,8 +131,9 @@ def test_the_container_openai_whisper_engine_runs_here(tmp_path: Path, talk: Ref
     transcript = transcript_from_dict(output["transcript"])
     assert transcript.engine == "openai-whisper" and transcript.model == "tiny.en"
     assert transcript.language == "en" and transcript.duration_seconds == pytest.approx(end, abs=0.01)
-    assert all(w.text == w.text.strip() and isinstance(w.probability, float) for s in transcript.segments
-               for w in s.words)
+    assert all(
+        w.text == w.text.strip() and isinstance(w.probability, float) for s in transcript.segments for w in s.words
+    )
     reference = normalise(" ".join(text for _, text in TWO_SPEAKER_SCRIPT[:2]))
     assert jiwer.wer(reference, normalise(transcript.text)) < 0.2
 

@@ -38,10 +38,18 @@ def talk(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def assert_complete_once(db_url: str, source_id: str) -> None:
     assert stage_statuses(db_url, source_id) == dict.fromkeys(STAGES, "completed")
     assert scalar(db_url, "SELECT count(*) FROM expert_documents WHERE source_id=%s", (source_id,)) == 2
-    segments = rows(db_url, """SELECT s.speaker_id FROM audio_segments s JOIN expert_documents d
-                               ON d.id = s.expert_document_id WHERE d.source_id = %s""", (source_id,))
-    transcript = scalar(db_url, """SELECT jsonb_array_length(processed_content->'segments') FROM expert_documents
-                                   WHERE source_id=%s AND content_type='transcript'""", (source_id,))
+    segments = rows(
+        db_url,
+        """SELECT s.speaker_id FROM audio_segments s JOIN expert_documents d
+                               ON d.id = s.expert_document_id WHERE d.source_id = %s""",
+        (source_id,),
+    )
+    transcript = scalar(
+        db_url,
+        """SELECT jsonb_array_length(processed_content->'segments') FROM expert_documents
+                                   WHERE source_id=%s AND content_type='transcript'""",
+        (source_id,),
+    )
     assert len(segments) == transcript > 0
     assert all(speaker is not None for (speaker,) in segments)
 
@@ -56,9 +64,15 @@ def test_sql_insert_runs_all_four_stages(db_url: str, talk: Path, tmp_path: Path
     state = rows(db_url, "SELECT state, progress FROM dhgq.pipeline_status WHERE source_id=%s", (source_id,))
     assert state == [("completed", 100)]
     # stage rows agree with Procrastinate's job table
-    assert scalar(db_url, """SELECT count(*) FROM dhgq.audio_processing_stages s JOIN dhgq.procrastinate_jobs j
+    assert (
+        scalar(
+            db_url,
+            """SELECT count(*) FROM dhgq.audio_processing_stages s JOIN dhgq.procrastinate_jobs j
                              ON j.id = s.job_id::bigint WHERE j.status = 'succeeded' AND s.source_id=%s""",
-                  (source_id,)) == 4
+            (source_id,),
+        )
+        == 4
+    )
 
 
 def test_permanent_failure_is_dead_lettered_and_isolated(db_url: str, talk: Path, tmp_path: Path) -> None:
@@ -69,7 +83,8 @@ def test_permanent_failure_is_dead_lettered_and_isolated(db_url: str, talk: Path
     run_once(worker_env(db_url, tmp_path))
     assert stage_statuses(db_url, bad) == {"extraction": "failed"}
     stage, error_class, error, attempts = rows(
-        db_url, "SELECT stage, error_class, error, attempts FROM dhgq.dead_letter WHERE source_id=%s", (bad,))[0]
+        db_url, "SELECT stage, error_class, error, attempts FROM dhgq.dead_letter WHERE source_id=%s", (bad,)
+    )[0]
     assert (stage, error_class, attempts) == ("extraction", "permanent", 1)
     assert "notes.mp4" in error
     assert_complete_once(db_url, good)
@@ -79,11 +94,14 @@ def test_transient_failure_is_retried(db_url: str, talk: Path, tmp_path: Path) -
     source_id = insert_source(db_url, talk)
     with fake_anthropic_server() as fake:
         fake.fail(429, times=1, message="rate limited")
-        run_once(worker_env(db_url, tmp_path, DHGQ_ANTHROPIC_API_KEY="sk-test",
-                            DHGQ_ANTHROPIC_BASE_URL=fake.url))
-    status, attempts, method = rows(db_url, """SELECT status, attempts, result->>'method'
+        run_once(worker_env(db_url, tmp_path, DHGQ_ANTHROPIC_API_KEY="sk-test", DHGQ_ANTHROPIC_BASE_URL=fake.url))
+    status, attempts, method = rows(
+        db_url,
+        """SELECT status, attempts, result->>'method'
                                       FROM dhgq.audio_processing_stages
-                                      WHERE source_id=%s AND stage='summarization'""", (source_id,))[0]
+                                      WHERE source_id=%s AND stage='summarization'""",
+        (source_id,),
+    )[0]
     assert (status, attempts, method) == ("completed", 2, "claude")
 
 
@@ -97,14 +115,21 @@ def test_sigkill_mid_stage_completes_once(db_url: str, talk: Path, tmp_path: Pat
     source_id = insert_source(db_url, talk)
     env = worker_env(db_url, tmp_path)
     first = start_worker(env, tmp_path / "worker1.log")
-    wait_for(lambda: "processing" in stage_statuses(db_url, source_id).get("transcription", ""), 120,
-             "transcription to start", interval=0.02)
+    wait_for(
+        lambda: "processing" in stage_statuses(db_url, source_id).get("transcription", ""),
+        120,
+        "transcription to start",
+        interval=0.02,
+    )
     first.send_signal(signal.SIGKILL)
     first.wait()
     second = start_worker(env, tmp_path / "worker2.log")
     try:
-        wait_for(lambda: stage_statuses(db_url, source_id).get("summarization") == "completed", 240,
-                 "the pipeline to complete after the crash")
+        wait_for(
+            lambda: stage_statuses(db_url, source_id).get("summarization") == "completed",
+            240,
+            "the pipeline to complete after the crash",
+        )
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(60)
@@ -119,13 +144,20 @@ def test_database_restart_mid_run(tmp_path: Path, talk: Path) -> None:
     sources = [insert_source(url, talk) for _ in range(3)]
     worker = start_worker(worker_env(url, tmp_path), tmp_path / "worker.log")
     try:
-        wait_for(lambda: scalar(url, "SELECT count(*) FROM dhgq.audio_processing_stages WHERE status='completed'"),
-                 120, "a first stage to complete")
+        wait_for(
+            lambda: scalar(url, "SELECT count(*) FROM dhgq.audio_processing_stages WHERE status='completed'"),
+            120,
+            "a first stage to complete",
+        )
         server.stop()
         server.start()
         for source_id in sources:
-            wait_for(lambda s=source_id: stage_statuses(url, s).get("summarization") == "completed", 300,
-                     "pipelines to complete after the restart", interval=0.5)
+            wait_for(
+                lambda s=source_id: stage_statuses(url, s).get("summarization") == "completed",
+                300,
+                "pipelines to complete after the restart",
+                interval=0.5,
+            )
         for source_id in sources:
             assert_complete_once(url, source_id)
     finally:
@@ -139,12 +171,21 @@ def test_hundred_sources_in_one_statement(db_url: str, tmp_path: Path) -> None:
 
     clip = say("Hello, this is a very short talk.", "alice", tmp_path / "clip.wav")
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("""INSERT INTO sources_google (name, path, mime_type)
-                        SELECT 'clip ' || g, %s, 'audio/wav' FROM generate_series(1, 100) g""", (str(clip),))
+        conn.execute(
+            """INSERT INTO sources_google (name, path, mime_type)
+                        SELECT 'clip ' || g, %s, 'audio/wav' FROM generate_series(1, 100) g""",
+            (str(clip),),
+        )
     run_once(worker_env(db_url, tmp_path, DHGQ_MAX_CONCURRENT_TRANSCRIPTIONS="2"), timeout=900)
     assert scalar(db_url, "SELECT count(*) FROM dhgq.pipeline_status WHERE state='completed'") == 100
     assert scalar(db_url, "SELECT count(*) FROM dhgq.audio_processing_stages") == 400
     assert scalar(db_url, "SELECT count(*) FROM expert_documents") == 200
-    assert scalar(db_url, """SELECT count(*) FROM dhgq.audio_processing_stages s JOIN dhgq.procrastinate_jobs j
-                             ON j.id = s.job_id::bigint AND j.status = 'succeeded'""") == 400
+    assert (
+        scalar(
+            db_url,
+            """SELECT count(*) FROM dhgq.audio_processing_stages s JOIN dhgq.procrastinate_jobs j
+                             ON j.id = s.job_id::bigint AND j.status = 'succeeded'""",
+        )
+        == 400
+    )
     assert scalar(db_url, "SELECT count(*) FROM dhgq.procrastinate_jobs WHERE status <> 'succeeded'") == 0

@@ -7,8 +7,9 @@ from dhgq.media.types import Diarization, Segment, SpeakerTurn, Transcript, Word
 
 
 def transcript(*segments: Segment) -> Transcript:
-    return Transcript(text=" ".join(s.text for s in segments), language="en", segments=list(segments),
-                      model="tiny.en", engine="test")
+    return Transcript(
+        text=" ".join(s.text for s in segments), language="en", segments=list(segments), model="tiny.en", engine="test"
+    )
 
 
 def words(*spec: tuple[float, float, str]) -> list[Word]:
@@ -16,8 +17,12 @@ def words(*spec: tuple[float, float, str]) -> list[Word]:
 
 
 def diarization(*turns: tuple[float, float, str], embeddings: dict | None = None) -> Diarization:
-    return Diarization(turns=[SpeakerTurn(*t) for t in turns],
-                       speakers=sorted({t[2] for t in turns}), embeddings=embeddings or {}, engine="test")
+    return Diarization(
+        turns=[SpeakerTurn(*t) for t in turns],
+        speakers=sorted({t[2] for t in turns}),
+        embeddings=embeddings or {},
+        engine="test",
+    )
 
 
 def test_each_word_takes_the_speaker_it_overlaps_most() -> None:
@@ -36,9 +41,20 @@ def test_a_word_between_turns_takes_the_nearest_turn() -> None:
 
 
 def test_segments_are_split_where_the_speaker_changes() -> None:
-    segment = Segment(0.0, 4.0, " Hello there. Hi, how are you?", confidence=-0.2, words=words(
-        (0.0, 0.5, " Hello"), (0.5, 1.0, " there."), (2.0, 2.4, " Hi,"), (2.4, 2.8, " how"),
-        (2.8, 3.2, " are"), (3.2, 4.0, " you?")))
+    segment = Segment(
+        0.0,
+        4.0,
+        " Hello there. Hi, how are you?",
+        confidence=-0.2,
+        words=words(
+            (0.0, 0.5, " Hello"),
+            (0.5, 1.0, " there."),
+            (2.0, 2.4, " Hi,"),
+            (2.4, 2.8, " how"),
+            (2.8, 3.2, " are"),
+            (3.2, 4.0, " you?"),
+        ),
+    )
     labelled = assign_speakers(transcript(segment), diarization((0.0, 1.2, "spk_b"), (1.8, 4.0, "spk_a")))
 
     assert [(s.start, s.end, s.text, s.speaker) for s in labelled.segments] == [
@@ -66,20 +82,21 @@ def test_a_segment_without_words_takes_the_speaker_it_overlaps_most() -> None:
 
 
 def test_names_follow_first_appearance_and_agree_with_the_renamed_diarization() -> None:
-    raw = diarization((5.0, 6.0, "SPEAKER_00"), (0.0, 2.0, "SPEAKER_01"), (2.0, 4.0, "SPEAKER_00"),
-                      embeddings={"SPEAKER_00": [0.0, 1.0], "SPEAKER_01": [1.0, 0.0]})
+    raw = diarization(
+        (5.0, 6.0, "SPEAKER_00"),
+        (0.0, 2.0, "SPEAKER_01"),
+        (2.0, 4.0, "SPEAKER_00"),
+        embeddings={"SPEAKER_00": [0.0, 1.0], "SPEAKER_01": [1.0, 0.0]},
+    )
     raw.speakers.append("SPEAKER_02")  # a speaker the pipeline found but kept no turn for
 
-    assert speaker_names(raw) == {"SPEAKER_01": "SPEAKER_1", "SPEAKER_00": "SPEAKER_2",
-                                  "SPEAKER_02": "SPEAKER_3"}
+    assert speaker_names(raw) == {"SPEAKER_01": "SPEAKER_1", "SPEAKER_00": "SPEAKER_2", "SPEAKER_02": "SPEAKER_3"}
     renamed = relabel_speakers(raw)
-    assert [(t.start, t.speaker) for t in renamed.turns] == [(0.0, "SPEAKER_1"), (2.0, "SPEAKER_2"),
-                                                             (5.0, "SPEAKER_2")]
+    assert [(t.start, t.speaker) for t in renamed.turns] == [(0.0, "SPEAKER_1"), (2.0, "SPEAKER_2"), (5.0, "SPEAKER_2")]
     assert renamed.speakers == ["SPEAKER_1", "SPEAKER_2", "SPEAKER_3"]
     assert renamed.embeddings == {"SPEAKER_1": [1.0, 0.0], "SPEAKER_2": [0.0, 1.0]}
 
-    segment = Segment(0.0, 6.0, "one two three", words=words((0.5, 1.0, "one"), (2.5, 3.0, "two"),
-                                                              (5.2, 5.6, "three")))
+    segment = Segment(0.0, 6.0, "one two three", words=words((0.5, 1.0, "one"), (2.5, 3.0, "two"), (5.2, 5.6, "three")))
     labelled = assign_speakers(transcript(segment), raw)
     assert [s.speaker for s in labelled.segments] == ["SPEAKER_1", "SPEAKER_2"]
     assert {s.speaker for s in labelled.segments} <= set(renamed.speakers)

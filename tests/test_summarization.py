@@ -239,8 +239,13 @@ def test_minilm_encoder_gives_sentence_transformers_vectors() -> None:
 
     from dhgq.media.minilm import MiniLMEncoder
 
-    sentences = ["Hello world.", "Transcription and speaker detection run side by side.", "x",
-                 "Überprüfung der Qualität, naïve café!", " ".join(["word"] * 400)]  # past 256 tokens
+    sentences = [
+        "Hello world.",
+        "Transcription and speaker detection run side by side.",
+        "x",
+        "Überprüfung der Qualität, naïve café!",
+        " ".join(["word"] * 400),
+    ]  # past 256 tokens
     ours = MiniLMEncoder().encode(sentences, batch_size=2)  # padding inside a batch
     reference = load_model(device="cpu").encode(sentences, normalize_embeddings=True)
     assert ours.shape == (5, 384)

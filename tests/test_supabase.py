@@ -22,11 +22,30 @@ from dhgq.embedded import ServerInfo
 
 REPO = Path(__file__).resolve().parents[1]
 EXPOSED_SCHEMAS = ("public", "graphql_public")  # what Supabase's PostgREST serves by default
-SUPABASE_SCHEMAS = ("auth", "extensions", "storage", "realtime", "graphql", "graphql_public", "vault",
-                    "supabase_migrations", "pg_catalog", "information_schema", "pg_toast")
+SUPABASE_SCHEMAS = (
+    "auth",
+    "extensions",
+    "storage",
+    "realtime",
+    "graphql",
+    "graphql_public",
+    "vault",
+    "supabase_migrations",
+    "pg_catalog",
+    "information_schema",
+    "pg_toast",
+)
 API_ROLES = ("anon", "authenticated")
-DOMAIN_TABLES = {"processing_batches", "sources_google", "expert_documents", "speaker_profiles", "audio_segments",
-                 "presentations", "presentation_assets", "processing_jobs"}
+DOMAIN_TABLES = {
+    "processing_batches",
+    "sources_google",
+    "expert_documents",
+    "speaker_profiles",
+    "audio_segments",
+    "presentations",
+    "presentation_assets",
+    "processing_jobs",
+}
 USER_FUNCTIONS = {"dhgq_cancel_request_v1", "dhgq_retry_request_v1"}
 
 # name -> a query listing the offenders; each is one of the Security Advisor's security lints,
@@ -89,8 +108,9 @@ def test_the_lints_would_catch_what_they_look_for(conn: psycopg.Connection) -> N
         conn.execute("CREATE TABLE public.leaky (id int)")
         conn.execute("CREATE VIEW public.leaky_view AS SELECT 1 AS one")
         conn.execute("CREATE FUNCTION public.leaky_fn() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'")
-        conn.execute("CREATE POLICY slow ON public.sources_google FOR SELECT TO authenticated "
-                     "USING (owner_id = auth.uid())")
+        conn.execute(
+            "CREATE POLICY slow ON public.sources_google FOR SELECT TO authenticated USING (owner_id = auth.uid())"
+        )
         conn.execute("CREATE POLICY open ON public.processing_jobs FOR DELETE TO authenticated USING (true)")
         found = {lint: offenders(conn, lint) for lint in LINTS}
     assert found["rls_disabled_in_public"] == ["public.leaky"]
@@ -102,53 +122,78 @@ def test_the_lints_would_catch_what_they_look_for(conn: psycopg.Connection) -> N
 
 
 def test_nothing_internal_is_in_an_exposed_schema(conn: psycopg.Connection) -> None:
-    relations = {name for (name,) in conn.execute(
-        "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace "
-        "AND relkind IN ('r', 'v', 'm', 'p', 'f')")}
+    relations = {
+        name
+        for (name,) in conn.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace "
+            "AND relkind IN ('r', 'v', 'm', 'p', 'f')"
+        )
+    }
     assert relations == DOMAIN_TABLES
-    functions = {name for (name,) in conn.execute(
-        "SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace")}
+    functions = {
+        name for (name,) in conn.execute("SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace")
+    }
     assert functions == USER_FUNCTIONS
-    types = {name for (name,) in conn.execute(
-        "SELECT typname FROM pg_type WHERE typnamespace = 'public'::regnamespace AND typtype IN ('e', 'c', 'd') "
-        "AND typrelid = 0")}
+    types = {
+        name
+        for (name,) in conn.execute(
+            "SELECT typname FROM pg_type WHERE typnamespace = 'public'::regnamespace AND typtype IN ('e', 'c', 'd') "
+            "AND typrelid = 0"
+        )
+    }
     assert types == set()
-    for internal in ("procrastinate_jobs", "procrastinate_events", "audio_processing_stages", "stage_listeners",
-                     "components", "pipeline_status", "dead_letter"):
+    for internal in (
+        "procrastinate_jobs",
+        "procrastinate_events",
+        "audio_processing_stages",
+        "stage_listeners",
+        "components",
+        "pipeline_status",
+        "dead_letter",
+    ):
         assert conn.execute("SELECT to_regclass(%s)", (f"dhgq.{internal}",)).fetchone() != (None,), internal
 
 
 def test_no_api_role_reaches_the_private_schema(conn: psycopg.Connection) -> None:
     for role in (*API_ROLES, "service_role", "PUBLIC"):
         if role == "PUBLIC":
-            granted = conn.execute("SELECT count(*) FROM pg_namespace, aclexplode(nspacl) a "
-                                   "WHERE nspname = 'dhgq' AND a.grantee = 0").fetchone()
+            granted = conn.execute(
+                "SELECT count(*) FROM pg_namespace, aclexplode(nspacl) a WHERE nspname = 'dhgq' AND a.grantee = 0"
+            ).fetchone()
             assert granted == (0,)
             continue
         assert conn.execute("SELECT has_schema_privilege(%s, 'dhgq', 'USAGE')", (role,)).fetchone() == (False,)
-        callable_ = conn.execute("SELECT count(*) FROM pg_proc WHERE pronamespace = 'dhgq'::regnamespace "
-                                 "AND has_function_privilege(%s, oid, 'EXECUTE')", (role,)).fetchone()
+        callable_ = conn.execute(
+            "SELECT count(*) FROM pg_proc WHERE pronamespace = 'dhgq'::regnamespace "
+            "AND has_function_privilege(%s, oid, 'EXECUTE')",
+            (role,),
+        ).fetchone()
         assert callable_ == (0,), role
-    anon_tables = conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace "
-                               "AND relkind = 'r' AND has_table_privilege('anon', oid, 'SELECT, INSERT, UPDATE, "
-                               "DELETE, TRUNCATE, REFERENCES, TRIGGER')").fetchone()
+    anon_tables = conn.execute(
+        "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace "
+        "AND relkind = 'r' AND has_table_privilege('anon', oid, 'SELECT, INSERT, UPDATE, "
+        "DELETE, TRUNCATE, REFERENCES, TRIGGER')"
+    ).fetchone()
     assert anon_tables == (0,)
 
 
 def test_requests_are_published_to_realtime(conn: psycopg.Connection) -> None:
-    published = conn.execute("SELECT schemaname, tablename FROM pg_publication_tables "
-                             "WHERE pubname = 'supabase_realtime'").fetchall()
+    published = conn.execute(
+        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = 'supabase_realtime'"
+    ).fetchall()
     assert published == [("public", "processing_jobs")]
 
 
 def test_migrations_run_as_a_role_that_cannot_create_in_auth(conn: psycopg.Connection) -> None:
     """The fixture is what hosted Supabase is: were it not, the tests above would prove little."""
-    role = conn.execute("SELECT current_user, rolsuper, rolcreaterole, rolbypassrls FROM pg_roles "
-                        "WHERE rolname = current_user").fetchone()
+    role = conn.execute(
+        "SELECT current_user, rolsuper, rolcreaterole, rolbypassrls FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
     assert role == ("postgres", False, True, True)
-    assert conn.execute("SELECT has_schema_privilege('auth', 'CREATE'), has_schema_privilege('auth', 'USAGE'), "
-                        "pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'auth'").fetchone() == (
-        False, True, "supabase_auth_admin")
+    assert conn.execute(
+        "SELECT has_schema_privilege('auth', 'CREATE'), has_schema_privilege('auth', 'USAGE'), "
+        "pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'auth'"
+    ).fetchone() == (False, True, "supabase_auth_admin")
     with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
         conn.execute("CREATE TABLE IF NOT EXISTS auth.users (id uuid)")
 
@@ -168,8 +213,14 @@ def supabase_cli() -> str:
 def supabase(*args: str, db_url: str) -> subprocess.CompletedProcess[str]:
     """The Supabase CLI against a database URL, as a user runs it from the repository."""
     env = {**os.environ, "SUPABASE_TELEMETRY_DISABLED": "1", "DO_NOT_TRACK": "1"}
-    return subprocess.run([supabase_cli(), *args, "--db-url", f"{db_url}?sslmode=disable"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [supabase_cli(), *args, "--db-url", f"{db_url}?sslmode=disable"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def listed_as_applied(db_url: str) -> set[str]:
@@ -216,10 +267,12 @@ def test_on_plain_postgresql_the_compatibility_migration_creates_what_supabase_h
     assert len(migrations.migrate(url)) == len(migrations.discover())
     assert migrations.migrate(url) == []
     with psycopg.connect(url, autocommit=True) as conn:
-        assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname IN ('anon', 'authenticated', "
-                            "'service_role')").fetchone() == (3,)
-        assert conn.execute("SELECT to_regprocedure('auth.uid()') IS NOT NULL, "
-                            "to_regprocedure('auth.jwt()') IS NOT NULL").fetchone() == (True, True)
+        assert conn.execute(
+            "SELECT count(*) FROM pg_roles WHERE rolname IN ('anon', 'authenticated', 'service_role')"
+        ).fetchone() == (3,)
+        assert conn.execute(
+            "SELECT to_regprocedure('auth.uid()') IS NOT NULL, to_regprocedure('auth.jwt()') IS NOT NULL"
+        ).fetchone() == (True, True)
         for lint in LINTS:
             assert offenders(conn, lint) == [], lint
 
@@ -236,7 +289,6 @@ def test_procrastinate_cli_reaches_the_configured_database(db_url: str, tmp_path
     health = subprocess.run([*procrastinate, "healthchecks"], env=env, capture_output=True, text=True, timeout=60)
     assert health.returncode == 0, health.stderr
     assert "Found procrastinate_jobs table: OK" in health.stdout
-    listed = subprocess.run([*procrastinate, "shell", "list_jobs"], env=env, capture_output=True, text=True,
-                            timeout=60)
+    listed = subprocess.run([*procrastinate, "shell", "list_jobs"], env=env, capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
     assert "dhgq.extraction on extraction" in listed.stdout

@@ -147,9 +147,7 @@ DETAILS = {
 
 def fixed_app() -> MonitorApp:
     backend = FixedBackend(SNAPSHOT, dict(DETAILS))
-    return MonitorApp(
-        backend, database="postgresql://dhgq:***@db.example:5432/dhgq", poll_interval=None, listen=False
-    )
+    return MonitorApp(backend, database="postgresql://dhgq:***@db.example:5432/dhgq", poll_interval=None, listen=False)
 
 
 async def settle(pilot: Pilot) -> None:
@@ -240,19 +238,13 @@ async def test_filters_search_and_keys_on_fixed_data() -> None:
 
 
 @pytest.mark.asyncio
-async def test_monitor_shows_a_source_moving_through_the_stages(
-    db_url: str, conn: psycopg.Connection
-) -> None:
-    app = create_app(
-        Settings(database_url=db_url), db_url, poll_interval=60
-    )  # only NOTIFY can refresh in time
+async def test_monitor_shows_a_source_moving_through_the_stages(db_url: str, conn: psycopg.Connection) -> None:
+    app = create_app(Settings(database_url=db_url), db_url, poll_interval=60)  # only NOTIFY can refresh in time
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_until(pilot, lambda: app.snapshot is not None, 5, "the first snapshot")
         assert PROJECT_PASSWORD not in app.database and "postgres" in app.database
         source_id = add_source(conn, "moving.mp4")
-        await wait_until(
-            pilot, lambda: cell(app, source_id, "extraction") == "… wait", 3, "queued extraction"
-        )
+        await wait_until(pilot, lambda: cell(app, source_id, "extraction") == "… wait", 3, "queued extraction")
         set_stage(conn, source_id, "extraction", "processing", progress=40)
         await wait_until(pilot, lambda: cell(app, source_id, "extraction") == "▶ 40%", 3, "extraction at 40%")
         set_stage(conn, source_id, "extraction", "completed", progress=100)

@@ -59,9 +59,7 @@ def _write_ct2(model: torch.nn.Module, out_dir: Path, quantization: str) -> None
 
     sd = {name: tensor.numpy() for name, tensor in model.state_dict().items()}
     d = SMALL.n_text_state
-    spec = whisper_spec.WhisperSpec(
-        SMALL.n_audio_layer, SMALL.n_audio_head, SMALL.n_text_layer, SMALL.n_text_head
-    )
+    spec = whisper_spec.WhisperSpec(SMALL.n_audio_layer, SMALL.n_audio_head, SMALL.n_text_layer, SMALL.n_text_head)
     put = lambda path, key: _set(spec, path, sd[key].copy())  # noqa: E731
     for side, prefix in (("encoder", "encoder"), ("decoder", "decoder")):
         _set(spec, f"{side}/position_encodings/encodings", sd[f"{prefix}.positional_embedding"].copy())
@@ -144,9 +142,7 @@ def test_converted_tiny_en_gives_faster_whispers_text(tmp_path: Path) -> None:
         audio = load_audio(audio_path)
         segments, _ = reference.transcribe(audio, language="en", beam_size=5, vad_filter=False)
         expected = normalise(" ".join(segment.text for segment in segments))
-        got = normalise(
-            converted.transcribe(audio, language="en", beam_size=5, best_of=5, fp16=False)["text"]
-        )
+        got = normalise(converted.transcribe(audio, language="en", beam_size=5, best_of=5, fp16=False)["text"])
         assert got == expected, audio_path.name
 
 

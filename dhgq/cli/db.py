@@ -50,8 +50,12 @@ def status(ctx: typer.Context, json_output: JsonOption = False) -> None:
         data = {"embedded": False, "url": mask_url(url), "pending_migrations": len(migrations.pending(url))}
     else:
         info = _server(ctx).status()
-        data = {"embedded": True, "running": info is not None,
-                "url": mask_url(info.url()) if info else None, "data_dir": str(_server(ctx).data_dir)}
+        data = {
+            "embedded": True,
+            "running": info is not None,
+            "url": mask_url(info.url()) if info else None,
+            "data_dir": str(_server(ctx).data_dir),
+        }
         if info:
             data["pending_migrations"] = len(migrations.pending(info.url()))
     if json_output:

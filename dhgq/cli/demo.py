@@ -62,17 +62,13 @@ def demo(
     if detail is None:
         raise fail(f"source {source_id} disappeared")
     if json_output:
-        emit_json(
-            asdict(detail) | {"database": mask_url(url), "wall_seconds": round(time.monotonic() - started, 2)}
-        )
+        emit_json(asdict(detail) | {"database": mask_url(url), "wall_seconds": round(time.monotonic() - started, 2)})
     else:
         show(detail, time.monotonic() - started)
     if detail.source.state == "failed":
         raise typer.Exit(1)
     if detail.source.state != "completed":
-        raise fail(
-            f"the worker went idle with the pipeline {detail.source.state}: see the log above and `dhgq jobs`"
-        )
+        raise fail(f"the worker went idle with the pipeline {detail.source.state}: see the log above and `dhgq jobs`")
 
 
 def _queue(conn: psycopg.Connection, path: Path, say: Callable[[str], object]) -> str:
@@ -89,9 +85,7 @@ def _queue(conn: psycopg.Connection, path: Path, say: Callable[[str], object]) -
     return added.source_id
 
 
-def _run_worker(
-    conn: psycopg.Connection, settings: Settings, url: str, source_id: str, *, quiet: bool
-) -> None:
+def _run_worker(conn: psycopg.Connection, settings: Settings, url: str, source_id: str, *, quiet: bool) -> None:
     """Drain the queues until the source's pipeline ends, waiting out retry back-offs in between."""
     from dhgq.app import app
 

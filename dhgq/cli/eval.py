@@ -19,8 +19,12 @@ def evaluate(
     ctx: typer.Context,
     directory: Annotated[
         Path,
-        typer.Argument(help="Recordings with references (NAME.txt words, NAME.rttm speaker turns).",
-                       exists=True, file_okay=False, resolve_path=True),
+        typer.Argument(
+            help="Recordings with references (NAME.txt words, NAME.rttm speaker turns).",
+            exists=True,
+            file_okay=False,
+            resolve_path=True,
+        ),
     ],
     write: Annotated[
         Path | None,
@@ -37,10 +41,12 @@ def evaluate(
     else:
         stdout.print(render_markdown(report), highlight=False, markup=False)
     if write is not None:
-        section = (f"{BEGIN}\n## Accuracy on real recordings\n\n`dhgq eval {directory.name}` on "
-                   f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, local engines (faster-whisper tiny.en int8, the local "
-                   f"diarizer). WER after lower-casing, removing punctuation and spelling out numbers; DER with "
-                   f"pyannote.metrics, collar 0, overlapped speech scored.\n\n{render_markdown(report)}{END}\n")
+        section = (
+            f"{BEGIN}\n## Accuracy on real recordings\n\n`dhgq eval {directory.name}` on "
+            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, local engines (faster-whisper tiny.en int8, the local "
+            f"diarizer). WER after lower-casing, removing punctuation and spelling out numbers; DER with "
+            f"pyannote.metrics, collar 0, overlapped speech scored.\n\n{render_markdown(report)}{END}\n"
+        )
         replace_section(write, section)
         stderr.print(f"wrote the accuracy table to {write}")
 

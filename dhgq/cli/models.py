@@ -16,12 +16,10 @@ app = typer.Typer(no_args_is_help=True, help="Speech models: convert them for ot
 @app.command()
 def convert(
     ctx: typer.Context,
-    name: Annotated[
-        str, typer.Argument(help="A model name (tiny.en, base, ...) or a CTranslate2 model directory.")
-    ],
-    out: Annotated[
-        Path, typer.Option("--out", help="Directory for the converted checkpoint.", file_okay=False)
-    ] = Path("."),
+    name: Annotated[str, typer.Argument(help="A model name (tiny.en, base, ...) or a CTranslate2 model directory.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the converted checkpoint.", file_okay=False)] = Path(
+        "."
+    ),
     json_output: JsonOption = False,
 ) -> None:
     """Convert a faster-whisper (CTranslate2) model to an openai-whisper checkpoint (.pt)."""

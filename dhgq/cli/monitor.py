@@ -12,9 +12,7 @@ from dhgq.db import database_url
 
 def monitor(
     ctx: typer.Context,
-    refresh: Annotated[
-        float, typer.Option(help="Seconds between polls (changes show at once anyway).", min=0.5)
-    ] = 3.0,
+    refresh: Annotated[float, typer.Option(help="Seconds between polls (changes show at once anyway).", min=0.5)] = 3.0,
 ) -> None:
     """Watch sources move through the stages; retry (r), cancel (c), filter (f, s, /), details (enter)."""
     from dhgq.tui.app import create_app

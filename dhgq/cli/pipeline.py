@@ -67,16 +67,10 @@ def process(
     ctx: typer.Context,
     paths: Annotated[
         list[Path],
-        typer.Argument(
-            help="Media files or directories (searched recursively).", exists=True, resolve_path=True
-        ),
+        typer.Argument(help="Media files or directories (searched recursively).", exists=True, resolve_path=True),
     ],
-    wait: Annotated[
-        bool, typer.Option("--wait", help="Follow the sources until their pipelines end.")
-    ] = False,
-    timeout: Annotated[
-        float | None, typer.Option(help="With --wait: give up after this many seconds.")
-    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the sources until their pipelines end.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="With --wait: give up after this many seconds.")] = None,
     speakers: Annotated[
         int | None, typer.Option("--speakers", help="How many people speak (steers the diarization).")
     ] = None,
@@ -91,17 +85,16 @@ def process(
     """Add media files as sources (skipping content already known); their pipelines start at once."""
     files = sources.media_files(paths)
     if not files:
-        raise PermanentError(
-            f"no media files ({', '.join(sorted(sources.MEDIA_TYPES))}) under the given paths"
-        )
-    options = {key: value for key, value in
-               {"num_speakers": speakers, "language": language, "model": model}.items() if value is not None}
+        raise PermanentError(f"no media files ({', '.join(sorted(sources.MEDIA_TYPES))}) under the given paths")
+    options = {
+        key: value
+        for key, value in {"num_speakers": speakers, "language": language, "model": model}.items()
+        if value is not None
+    }
     with connected(ctx) as conn:
         added = _add_with_progress(conn, files, options, quiet=json_output)
         ids = list(dict.fromkeys(a.source_id for a in added))
-        rows = (
-            follow(ctx, conn, ids, timeout=timeout, quiet=json_output) if wait else fetch_sources(conn, ids)
-        )
+        rows = follow(ctx, conn, ids, timeout=timeout, quiet=json_output) if wait else fetch_sources(conn, ids)
     states = {row.source_id: row for row in rows}
     if json_output:
         emit_json(
@@ -131,8 +124,9 @@ def _state(row: SourceRow | None) -> str:
     return row.state if row else "unknown"
 
 
-def _add_with_progress(conn: psycopg.Connection, files: list[Path], options: dict[str, Any], *,
-                       quiet: bool) -> list[sources.Added]:
+def _add_with_progress(
+    conn: psycopg.Connection, files: list[Path], options: dict[str, Any], *, quiet: bool
+) -> list[sources.Added]:
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn())
     with Progress(*columns, console=stderr, transient=True, disable=quiet) as progress:
         task = progress.add_task("adding", total=len(files))
@@ -200,11 +194,7 @@ def _warn_without_workers(conn: psycopg.Connection, stalled_after: float, quiet:
 def _stage_label(row: SourceRow) -> str:
     if row.state in DONE | {"not started"}:
         return row.state
-    busy = [
-        f"{stage} {state.progress:.0f}%"
-        for stage, state in row.stages.items()
-        if state.status == "processing"
-    ]
+    busy = [f"{stage} {state.progress:.0f}%" for stage, state in row.stages.items() if state.status == "processing"]
     waiting = [stage for stage, state in row.stages.items() if state.status == "queued"]
     return ", ".join(busy) or (f"{', '.join(waiting)} queued" if waiting else row.state)
 
@@ -240,12 +230,8 @@ def _emit_overview(snapshot: QueueSnapshot, json_output: bool) -> None:
             *(str(v) for v in (s.queued, s.processing, s.completed, s.failed, s.completed_last_5_min)),
         )
     stdout.print(table)
-    stdout.print(
-        f"live workers: {snapshot.workers}   jobs finished in the last minute: {snapshot.jobs_last_minute}"
-    )
-    recent = listing(
-        "id", "state", "progress", "extract", "transcr", "diarize", "summary", title="Recent sources"
-    )
+    stdout.print(f"live workers: {snapshot.workers}   jobs finished in the last minute: {snapshot.jobs_last_minute}")
+    recent = listing("id", "state", "progress", "extract", "transcr", "diarize", "summary", title="Recent sources")
     for row in snapshot.sources:
         recent.add_row(
             row.source_id[:8],
@@ -291,9 +277,7 @@ def print_detail(detail: SourceDetail) -> None:
 
 def jobs(
     ctx: typer.Context,
-    status: Annotated[
-        StatusChoice | None, typer.Option("--status", help="Only stage rows in this status.")
-    ] = None,
+    status: Annotated[StatusChoice | None, typer.Option("--status", help="Only stage rows in this status.")] = None,
     stage: Annotated[StageChoice | None, typer.Option("--stage", help="Only this stage.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many rows, newest first.")] = 50,
     json_output: JsonOption = False,
@@ -356,9 +340,7 @@ def dead_letter(ctx: typer.Context, json_output: JsonOption = False) -> None:
 def retry(
     ctx: typer.Context,
     source: Annotated[str | None, typer.Argument(help="A source id, id prefix or name.")] = None,
-    all_failed: Annotated[
-        bool, typer.Option("--all-failed", help="Every source in the dead letter.")
-    ] = False,
+    all_failed: Annotated[bool, typer.Option("--all-failed", help="Every source in the dead letter.")] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Queue a source's failed stages again (the pipeline resumes there, not from scratch)."""
@@ -378,9 +360,7 @@ def cancel(ctx: typer.Context, source: SourceArgument, json_output: JsonOption =
     with connected(ctx) as conn:
         found = str(sources.resolve(conn, source)["id"])
         cancelled = {found: one(conn.execute(query("cancel_source"), {"source_id": found}))[0]}
-    _report(
-        "cancelled", cancelled, json_output, "cancelled {n} stage(s) of {id}", "nothing to cancel for {id}"
-    )
+    _report("cancelled", cancelled, json_output, "cancelled {n} stage(s) of {id}", "nothing to cancel for {id}")
 
 
 def _report(key: str, counts: dict[str, int], json_output: bool, done: str, nothing: str) -> None:
@@ -408,9 +388,7 @@ def export(
     if documents.transcript is None:
         raise PermanentError(f"{found['name']} has no transcript yet (dhgq status {str(found['id'])[:8]})")
     title = Path(found["name"]).stem
-    text = render(
-        documents.transcript, documents.diarization, fmt.value, title=title, summary=documents.summary
-    )
+    text = render(documents.transcript, documents.diarization, fmt.value, title=title, summary=documents.summary)
     if output is None:
         typer.echo(text, nl=not text.endswith("\n"))
         return

@@ -103,9 +103,7 @@ def _cut(levels: np.ndarray, runs: list[tuple[int, int]], lo: int, hi: int) -> C
     return Cut((lo + int(quietest[-1])) * FRAME_SECONDS, -math.inf, math.inf)
 
 
-def cut_points(
-    samples: np.ndarray, sample_rate: int, *, max_span: float, min_silence: float = 0.3
-) -> list[Cut]:
+def cut_points(samples: np.ndarray, sample_rate: int, *, max_span: float, min_silence: float = 0.3) -> list[Cut]:
     """Cuts so that no piece between two cuts is longer than ``max_span`` seconds."""
     levels = frame_levels(samples, sample_rate)
     min_frames = max(1, round(min_silence / FRAME_SECONDS))
@@ -196,9 +194,7 @@ def _boundaries(results: Sequence[tuple[float, Transcript]]) -> list[float]:
     return cuts
 
 
-def stitch(
-    results: Sequence[tuple[float, Transcript]], *, boundaries: Sequence[float] | None = None
-) -> Transcript:
+def stitch(results: Sequence[tuple[float, Transcript]], *, boundaries: Sequence[float] | None = None) -> Transcript:
     """One transcript from per-chunk transcripts, given each chunk's offset in the source.
 
     ``boundaries`` are the cut times between consecutive chunks (their cores' edges); when left

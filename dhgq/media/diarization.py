@@ -39,9 +39,7 @@ class DiarizationEngine(Protocol):
 
 
 @lru_cache(maxsize=4)
-def load_diarizer(
-    engine: str, *, hf_token: str | None = None, models_dir: Path | None = None
-) -> DiarizationEngine:
+def load_diarizer(engine: str, *, hf_token: str | None = None, models_dir: Path | None = None) -> DiarizationEngine:
     """The named engine, loaded and warmed up once per process."""
     if engine == "local":
         from dhgq.media.local_diarizer import LocalDiarizer
@@ -101,14 +99,24 @@ class PyannoteEngine:
     ) -> Diarization:
         if not Path(wav_path).is_file():
             raise PermanentError(f"audio file not found: {wav_path}", file=str(wav_path))
-        output = self.pipeline(str(wav_path), num_speakers=num_speakers, min_speakers=min_speakers,
-                               max_speakers=max_speakers, return_embeddings=True)
+        output = self.pipeline(
+            str(wav_path),
+            num_speakers=num_speakers,
+            min_speakers=min_speakers,
+            max_speakers=max_speakers,
+            return_embeddings=True,
+        )
         annotation, embeddings = _unpack(output)
         speakers = [str(label) for label in annotation.labels()]
-        turns = [SpeakerTurn(round(float(segment.start), 3), round(float(segment.end), 3), str(label))
-                 for segment, _, label in annotation.itertracks(yield_label=True)]
-        vectors = {s: [float(x) for x in v] for s, v in zip(speakers, embeddings, strict=False)
-                   if not np.isnan(np.asarray(v, dtype=float)).any()}
+        turns = [
+            SpeakerTurn(round(float(segment.start), 3), round(float(segment.end), 3), str(label))
+            for segment, _, label in annotation.itertracks(yield_label=True)
+        ]
+        vectors = {
+            s: [float(x) for x in v]
+            for s, v in zip(speakers, embeddings, strict=False)
+            if not np.isnan(np.asarray(v, dtype=float)).any()
+        }
         raw = Diarization(turns=turns, speakers=speakers, embeddings=vectors, engine=self.name)
         return relabel_speakers(raw)
 

@@ -81,17 +81,16 @@ def centroids_of(embeddings: np.ndarray, clusters: np.ndarray) -> np.ndarray:
     return np.stack([unit[clusters == k].mean(axis=0) for k in range(int(clusters.max()) + 1)])
 
 
-def assign_local_speakers(
-    embeddings: np.ndarray, active: np.ndarray, centroids: np.ndarray
-) -> np.ndarray:
+def assign_local_speakers(embeddings: np.ndarray, active: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """(windows, local speakers) cluster index, one cluster per local speaker within a window.
 
     ``embeddings`` is (windows, local speakers, dim) with NaN rows where none was computed;
     ``active`` tells which local speakers speak at all in each window.
     """
     windows, speakers, _ = embeddings.shape
-    similarity = 1.0 - cdist(_unit(np.nan_to_num(embeddings.reshape(windows * speakers, -1))),
-                             centroids, metric="cosine")
+    similarity = 1.0 - cdist(
+        _unit(np.nan_to_num(embeddings.reshape(windows * speakers, -1))), centroids, metric="cosine"
+    )
     similarity = np.nan_to_num(similarity.reshape(windows, speakers, -1), nan=-1.0)
     missing = np.isnan(embeddings).any(axis=2)
     hard = np.full((windows, speakers), UNASSIGNED, dtype=int)

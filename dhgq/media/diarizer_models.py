@@ -76,8 +76,12 @@ class _SincFilters(nn.Module):
 
     weight: torch.Tensor
 
-    def __init__(self, state: dict[str, torch.Tensor], min_low_hz: float = 50, min_band_hz: float = 50,
-                 ) -> None:
+    def __init__(
+        self,
+        state: dict[str, torch.Tensor],
+        min_low_hz: float = 50,
+        min_band_hz: float = 50,
+    ) -> None:
         super().__init__()
         low = min_low_hz + state["low_hz_"].abs()
         high = torch.clamp(low + min_band_hz + state["band_hz_"].abs(), min_low_hz, SAMPLE_RATE / 2)
@@ -101,13 +105,14 @@ class _PyanNet(nn.Module):
     def __init__(self, state: dict[str, torch.Tensor], config: dict) -> None:
         super().__init__()
         prefix = "sincnet.conv1d.0.filterbank."
-        self.sinc = _SincFilters({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        self.sinc = _SincFilters({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
         self.wav_norm = nn.InstanceNorm1d(1, affine=True)
         self.convs = nn.ModuleList([nn.Conv1d(80, 60, 5), nn.Conv1d(60, 60, 5)])
         self.norms = nn.ModuleList([nn.InstanceNorm1d(c, affine=True) for c in (80, 60, 60)])
         lstm = config["lstm"]
-        self.lstm = nn.LSTM(60, lstm["hidden_size"], num_layers=lstm["num_layers"], bidirectional=True,
-                            batch_first=True)
+        self.lstm = nn.LSTM(
+            60, lstm["hidden_size"], num_layers=lstm["num_layers"], bidirectional=True, batch_first=True
+        )
         hidden = config["linear"]["hidden_size"]
         self.linear = nn.ModuleList([nn.Linear(2 * lstm["hidden_size"], hidden), nn.Linear(hidden, hidden)])
         self.classifier = nn.Linear(hidden, config["output_dim"])
@@ -123,7 +128,7 @@ class _PyanNet(nn.Module):
                 continue
             for old, new in renamed.items():
                 if key.startswith(old):
-                    key = new + key[len(old):]
+                    key = new + key[len(old) :]
             mine[key] = value
         missing, unexpected = self.load_state_dict(mine, strict=False)
         if unexpected or set(missing) != {"sinc.weight"}:
@@ -169,8 +174,7 @@ class SegmentationModel:
     """Local speaker activity (up to 3 speakers, 2 at once) in 10 s windows."""
 
     def __init__(self, models_dir: Path | None = None) -> None:
-        payload = torch.load(_checkpoint(models_dir, SEGMENTATION_CHECKPOINT), map_location="cpu",
-                             weights_only=True)
+        payload = torch.load(_checkpoint(models_dir, SEGMENTATION_CHECKPOINT), map_location="cpu", weights_only=True)
         config = payload["model"]
         self.net = _PyanNet(payload["state_dict"], config).eval()
         self.window = float(payload["inference"]["duration"])
@@ -186,7 +190,7 @@ class SegmentationModel:
         out = []
         with torch.inference_mode():
             for first in range(0, len(windows), batch_size):
-                batch = torch.from_numpy(windows[first:first + batch_size])[:, None, :]
+                batch = torch.from_numpy(windows[first : first + batch_size])[:, None, :]
                 out.append(torch.softmax(self.net(batch), dim=-1).numpy())
         return np.concatenate(out) if out else np.zeros((0, 0, len(self.mapping)), dtype=np.float32)
 
@@ -239,8 +243,9 @@ class SpeakerEmbedder:
         if len(wave) < 400:
             wave = F.pad(wave, (0, 400 - len(wave)))
         frames = wave.unfold(0, 400, 160)  # a view: no copy yet
-        return torch.cat([self._log_mel(frames[first:first + chunk_frames])
-                          for first in range(0, len(frames), chunk_frames)])
+        return torch.cat(
+            [self._log_mel(frames[first : first + chunk_frames]) for first in range(0, len(frames), chunk_frames)]
+        )
 
     def _log_mel(self, frames: torch.Tensor) -> torch.Tensor:
         frames = frames - frames.mean(dim=1, keepdim=True)

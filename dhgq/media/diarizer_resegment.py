@@ -79,4 +79,3 @@ def resegment(
     out = binary.copy()
     out[relabel] = np.eye(speakers)[frame_votes[relabel].argmax(axis=1)]
     return out
-

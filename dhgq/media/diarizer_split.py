@@ -57,8 +57,11 @@ def _pieces(owner: np.ndarray, piece: int, min_piece: int) -> list[np.ndarray]:
     for start, stop in zip(edges[:-1], edges[1:], strict=True):
         if owner[start] < 0:
             continue
-        out += [np.arange(s, min(s + piece, stop)) for s in range(start, stop, piece)
-                if min(s + piece, stop) - s >= min_piece]
+        out += [
+            np.arange(s, min(s + piece, stop))
+            for s in range(start, stop, piece)
+            if min(s + piece, stop) - s >= min_piece
+        ]
     return out
 
 

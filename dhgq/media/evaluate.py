@@ -64,8 +64,10 @@ class EvaluationReport:
 
 # -- text --------------------------------------------------------------------------------------
 
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-         "fifteen sixteen seventeen eighteen nineteen").split()
+_ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen"
+).split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 _SCALES = ((10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred"))
 
@@ -106,6 +108,7 @@ def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
 
 # -- speakers ----------------------------------------------------------------------------------
 
+
 def read_rttm(path: Path) -> Any:
     """The RTTM file's SPEAKER lines as a pyannote Annotation."""
     from pyannote.core import Annotation, Segment
@@ -130,6 +133,7 @@ def to_annotation(diarization: Diarization, uri: str = "hypothesis") -> Any:
 
 
 # -- the folder --------------------------------------------------------------------------------
+
 
 def evaluate_folder(
     folder: Path,
@@ -202,8 +206,11 @@ def _pool(report: EvaluationReport, pooled: Any) -> None:
 
 
 def _recordings(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES
-                  and (p.with_suffix(".txt").exists() or p.with_suffix(".rttm").exists()))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in AUDIO_SUFFIXES and (p.with_suffix(".txt").exists() or p.with_suffix(".rttm").exists())
+    )
 
 
 def _duration(path: Path) -> float:
@@ -223,17 +230,24 @@ def peak_memory_mb() -> float:
 
 # -- rendering ---------------------------------------------------------------------------------
 
+
 def render_markdown(report: EvaluationReport) -> str:
     """The report as a markdown table, one row per file and a pooled row."""
-    rows = ["| file | audio s | WER | DER | speakers (found/ref) | x realtime | peak MiB |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rows = [
+        "| file | audio s | WER | DER | speakers (found/ref) | x realtime | peak MiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for f in report.files:
         speakers = "" if f.speakers_found is None else f"{f.speakers_found}/{f.speakers_reference}"
-        rows.append(f"| {f.name} | {f.audio_seconds:.1f} | {_pct(f.wer)} | {_pct(f.der)} | {speakers} | "
-                    f"{_num(f.speed)} | {f.peak_memory_mb:.0f} |" + (f" error: {f.error}" if f.error else ""))
+        rows.append(
+            f"| {f.name} | {f.audio_seconds:.1f} | {_pct(f.wer)} | {_pct(f.der)} | {speakers} | "
+            f"{_num(f.speed)} | {f.peak_memory_mb:.0f} |" + (f" error: {f.error}" if f.error else "")
+        )
     total = sum(f.audio_seconds for f in report.files)
-    rows.append(f"| **pooled** | {total:.1f} | {_pct(report.wer)} | {_pct(report.der)} |  | "
-                f"{_num(report.speed)} | {report.peak_memory_mb:.0f} |")
+    rows.append(
+        f"| **pooled** | {total:.1f} | {_pct(report.wer)} | {_pct(report.der)} |  | "
+        f"{_num(report.speed)} | {report.peak_memory_mb:.0f} |"
+    )
     return "\n".join(rows) + "\n"
 
 

@@ -49,9 +49,7 @@ def probe(path: Path, *, timeout: float | None = None) -> ProbeInfo:
     return _probe_info(Path(path), _probe_raw(Path(path), timeout))
 
 
-def extract_audio(
-    source: Path, out_dir: Path, *, stem: str, timeout: float | None = None
-) -> ExtractionResult:
+def extract_audio(source: Path, out_dir: Path, *, stem: str, timeout: float | None = None) -> ExtractionResult:
     """Write ``<stem>.wav`` (16 kHz mono s16) and a compact copy into ``out_dir``; measure quality.
 
     ``timeout`` bounds the whole extraction; ffmpeg is killed and ``StageTimeout`` raised past it.
@@ -152,9 +150,7 @@ def _probe_with_av(path: Path) -> dict[str, Any]:
                     "duration": float(stream.duration * stream.time_base)
                     if stream.duration and stream.time_base
                     else None,
-                    "disposition": {
-                        "attached_pic": int(bool(stream.disposition & av.stream.Disposition.attached_pic))
-                    },
+                    "disposition": {"attached_pic": int(bool(stream.disposition & av.stream.Disposition.attached_pic))},
                 }
                 for stream in container.streams
             ]
@@ -258,9 +254,7 @@ def _read_wav(path: Path, source: Path) -> np.ndarray:
     return samples
 
 
-def _refuse_truncated(
-    source: Path, audio: dict[str, Any], info: ProbeInfo, decoded: float, stderr: str
-) -> None:
+def _refuse_truncated(source: Path, audio: dict[str, Any], info: ProbeInfo, decoded: float, stderr: str) -> None:
     """A file whose index promises more audio than its data holds was cut off in transfer."""
     expected = _number(audio.get("duration"), float) or info.duration_seconds
     short = expected > 0 and decoded < expected - max(0.5, 0.02 * expected)

@@ -37,9 +37,7 @@ def ffmpeg_binary() -> str:
     try:
         import imageio_ffmpeg
     except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise PermanentError(
-            "ffmpeg is not installed: apt-get install ffmpeg or pip install imageio-ffmpeg"
-        ) from exc
+        raise PermanentError("ffmpeg is not installed: apt-get install ffmpeg or pip install imageio-ffmpeg") from exc
     return str(imageio_ffmpeg.get_ffmpeg_exe())
 
 

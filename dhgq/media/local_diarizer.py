@@ -89,8 +89,9 @@ class LocalDiarizer:
         max_speakers: int | None = None,
     ) -> Diarization:
         audio = normalise_loudness(read_audio(wav_path))
-        return self.decide(self.analyse(audio), num_speakers=num_speakers, min_speakers=min_speakers,
-                           max_speakers=max_speakers)
+        return self.decide(
+            self.analyse(audio), num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers
+        )
 
     def analyse(self, audio: np.ndarray) -> Analysis:
         if len(audio) < MIN_SAMPLES:  # too short for the embedding network's convolutions
@@ -118,8 +119,12 @@ class LocalDiarizer:
         if not seeds.any():
             seeds = active
         labels = clustering.cluster_embeddings(
-            embeddings[seeds], threshold=cfg.threshold, min_cluster_size=cfg.min_cluster_size,
-            num_clusters=num_speakers, min_clusters=min_speakers or 1, max_clusters=max_speakers,
+            embeddings[seeds],
+            threshold=cfg.threshold,
+            min_cluster_size=cfg.min_cluster_size,
+            num_clusters=num_speakers,
+            min_clusters=min_speakers or 1,
+            max_clusters=max_speakers,
             min_cluster_fraction=cfg.min_cluster_fraction,
         )
         centroids = clustering.centroids_of(embeddings[seeds], labels)
@@ -184,8 +189,12 @@ class LocalDiarizer:
                 stats.append(torch.cat([chosen.mean(dim=0), chosen.std(dim=0)]))
             return self.embedder.net.xvector.dense(torch.stack(stats)).numpy()
 
-    def _window_embeddings(self, features: torch.Tensor, activity: np.ndarray, starts: np.ndarray,
-                           ) -> np.ndarray:
+    def _window_embeddings(
+        self,
+        features: torch.Tensor,
+        activity: np.ndarray,
+        starts: np.ndarray,
+    ) -> np.ndarray:
         n_windows, n_frames, n_local = activity.shape
         grid = self.segmentation.grid
         times = FEATURE_START + FEATURE_STEP * np.arange(len(features))
@@ -210,8 +219,13 @@ class LocalDiarizer:
 
     # -- decisions -------------------------------------------------------------------------------
 
-    def _reconstruct(self, posteriors: np.ndarray, hard: np.ndarray, clusters: int, duration: float,
-                     ) -> np.ndarray:
+    def _reconstruct(
+        self,
+        posteriors: np.ndarray,
+        hard: np.ndarray,
+        clusters: int,
+        duration: float,
+    ) -> np.ndarray:
         """(frames, clusters) 0/1 speaker activity on the segmentation frame grid."""
         cfg, grid = self.config, self.segmentation.grid
         activity = self.segmentation.hard(posteriors)
@@ -239,15 +253,21 @@ class LocalDiarizer:
         last = int(np.ceil((duration - grid.start - grid.duration / 2) / grid.step)) + 1
         return binary[: max(0, min(total, last))]
 
-    def _split(self, binary: np.ndarray, features: torch.Tensor, max_speakers: int | None,
-               ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    def _split(
+        self,
+        binary: np.ndarray,
+        features: torch.Tensor,
+        max_speakers: int | None,
+    ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         assert self.config.split_check is not None
         return split_merged_speakers(
             binary,
             self.segmentation.grid.center(np.arange(len(binary))),
             FEATURE_START + FEATURE_STEP * np.arange(len(features)),
             lambda selections: self.pool(features, selections),
-            feature_step=FEATURE_STEP, check=self.config.split_check, max_speakers=max_speakers,
+            feature_step=FEATURE_STEP,
+            check=self.config.split_check,
+            max_speakers=max_speakers,
         )
 
     def _resegment(self, binary: np.ndarray, features: torch.Tensor) -> np.ndarray:
@@ -275,8 +295,7 @@ class LocalDiarizer:
                     spans[-1][1] = end
                 else:
                     spans.append([start, end])
-            turns += [SpeakerTurn(round(s, 3), round(e, 3), str(k)) for s, e in spans
-                      if e - s >= cfg.min_duration_on]
+            turns += [SpeakerTurn(round(s, 3), round(e, 3), str(k)) for s, e in spans if e - s >= cfg.min_duration_on]
         return sorted(turns, key=lambda t: (t.start, t.end))
 
 

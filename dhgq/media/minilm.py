@@ -74,13 +74,15 @@ class MiniLMEncoder:
         out = []
         with torch.inference_mode():
             for first in range(0, len(sentences), batch_size):
-                encodings = self.tokenizer.encode_batch(sentences[first:first + batch_size])
+                encodings = self.tokenizer.encode_batch(sentences[first : first + batch_size])
                 ids = torch.tensor([e.ids for e in encodings])
                 keep = torch.tensor([e.attention_mask for e in encodings], dtype=torch.float32)
                 types = torch.tensor([e.type_ids for e in encodings])
-                x = (self.w["embeddings.word_embeddings.weight"][ids]
-                     + self.w["embeddings.position_embeddings.weight"][: ids.shape[1]]
-                     + self.w["embeddings.token_type_embeddings.weight"][types])
+                x = (
+                    self.w["embeddings.word_embeddings.weight"][ids]
+                    + self.w["embeddings.position_embeddings.weight"][: ids.shape[1]]
+                    + self.w["embeddings.token_type_embeddings.weight"][types]
+                )
                 x = self._norm(x, "embeddings.LayerNorm")
                 mask = (1.0 - keep)[:, None, None, :] * torch.finfo(torch.float32).min
                 for i in range(self.layers):

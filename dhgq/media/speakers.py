@@ -24,13 +24,16 @@ def speaker_names(diarization: Diarization) -> dict[str, str]:
 def relabel_speakers(diarization: Diarization) -> Diarization:
     """The diarization with canonical speaker names in turns, speakers and embeddings."""
     names = speaker_names(diarization)
-    turns = sorted((SpeakerTurn(t.start, t.end, names[t.speaker]) for t in diarization.turns),
-                   key=lambda t: (t.start, t.end, t.speaker))
+    turns = sorted(
+        (SpeakerTurn(t.start, t.end, names[t.speaker]) for t in diarization.turns),
+        key=lambda t: (t.start, t.end, t.speaker),
+    )
     return replace(
         diarization,
         turns=turns,
-        speakers=sorted({names[s] for s in [*diarization.speakers, *(t.speaker for t in diarization.turns)]},
-                        key=_number),
+        speakers=sorted(
+            {names[s] for s in [*diarization.speakers, *(t.speaker for t in diarization.turns)]}, key=_number
+        ),
         embeddings={names[s]: list(v) for s, v in diarization.embeddings.items() if s in names},
     )
 
@@ -77,8 +80,7 @@ def _split(segment: Segment, turns: list[SpeakerTurn]) -> list[Segment]:
     for index, group in enumerate(groups):
         start = segment.start if index == 0 else group[0].start
         end = segment.end if index == len(groups) - 1 else group[-1].end
-        pieces.append(replace(segment, start=start, end=end, text=_join(group), words=group,
-                              speaker=group[0].speaker))
+        pieces.append(replace(segment, start=start, end=end, text=_join(group), words=group, speaker=group[0].speaker))
     return pieces
 
 

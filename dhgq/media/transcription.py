@@ -81,7 +81,9 @@ class FasterWhisperEngine:
         self.model_name = model
         device = "cuda" if _cuda_devices() else "cpu"
         self._model = WhisperModel(
-            str(resolve_ct2_model(model, models_dir)), device=device, compute_type=compute_type,
+            str(resolve_ct2_model(model, models_dir)),
+            device=device,
+            compute_type=compute_type,
             cpu_threads=cpu_threads,
         )
         # same features, a block at a time: memory stays flat however long the talk
@@ -166,9 +168,7 @@ class OpenAIWhisperEngine:
             )
             for piece in result["segments"]
         ]
-        return Transcript(
-            join_text(segments), result.get("language"), segments, self.model_name, self.name, duration
-        )
+        return Transcript(join_text(segments), result.get("language"), segments, self.model_name, self.name, duration)
 
 
 @lru_cache(maxsize=4)

@@ -89,9 +89,7 @@ class _Reader:
         dtype = _DTYPES[self.unpack("B")]
         nbytes = self.unpack("I")
         storage = "uint16" if dtype == "bfloat16" else dtype
-        array = np.frombuffer(
-            self.data, dtype=storage, count=nbytes // np.dtype(storage).itemsize, offset=self.offset
-        )
+        array = np.frombuffer(self.data, dtype=storage, count=nbytes // np.dtype(storage).itemsize, offset=self.offset)
         self.offset += nbytes
         return name, (dtype, array.reshape(shape).copy())
 
@@ -169,9 +167,7 @@ def _linear(state: dict[str, np.ndarray], dst: str, weight: np.ndarray, bias: np
         state[f"{dst}.bias"] = bias
 
 
-def _block(
-    state: dict[str, np.ndarray], v: dict[str, np.ndarray], dst: str, src: str, *, cross: bool
-) -> None:
+def _block(state: dict[str, np.ndarray], v: dict[str, np.ndarray], dst: str, src: str, *, cross: bool) -> None:
     """One residual block: self-attention (fused qkv), cross-attention (q + fused kv), MLP."""
     _layer_norm(state, v, f"{dst}.attn_ln", f"{src}/self_attention/layer_norm")
     _attention(
@@ -202,9 +198,7 @@ def _block(
     _linear(state, f"{dst}.mlp.2", v[f"{src}/ffn/linear_1/weight"], v[f"{src}/ffn/linear_1/bias"])
 
 
-def _attention(
-    state: dict[str, np.ndarray], dst: str, weights: list[np.ndarray], biases: list[np.ndarray]
-) -> None:
+def _attention(state: dict[str, np.ndarray], dst: str, weights: list[np.ndarray], biases: list[np.ndarray]) -> None:
     """Split the fused projections back into query/key/value; whisper's key has no bias."""
     weight = np.concatenate(weights, axis=0)
     bias = np.concatenate(biases, axis=0)
@@ -240,9 +234,7 @@ def convert_ct2_to_openai_whisper(ct2_dir: Path, out_pt: Path) -> Path:
     dims, state = to_openai_state_dict(read_ct2_model(model_bin))
     checkpoint: dict[str, Any] = {
         "dims": dims,
-        "model_state_dict": {
-            name: torch.from_numpy(np.ascontiguousarray(a)).half() for name, a in state.items()
-        },
+        "model_state_dict": {name: torch.from_numpy(np.ascontiguousarray(a)).half() for name, a in state.items()},
     }
     config = Path(ct2_dir) / "config.json"
     heads = json.loads(config.read_text()).get("alignment_heads") if config.is_file() else None

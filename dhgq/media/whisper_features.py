@@ -39,8 +39,9 @@ class BlockwiseFeatureExtractor(FeatureExtractor):
         for first in range(0, kept, self.block_frames):
             last = min(first + self.block_frames, kept)
             block = padded[first * self.hop_length : (last - 1) * self.hop_length + self.n_fft]
-            stft = self.stft(block, self.n_fft, self.hop_length, window=window, center=False,
-                             return_complex=True).astype("complex64")
+            stft = self.stft(
+                block, self.n_fft, self.hop_length, window=window, center=False, return_complex=True
+            ).astype("complex64")
             mel = self.mel_filters @ (np.abs(stft) ** 2)
             log_spec[:, first:last] = np.log10(np.clip(mel, a_min=1e-10, a_max=None))
         np.maximum(log_spec, log_spec.max() - 8.0, out=log_spec)

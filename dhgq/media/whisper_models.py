@@ -51,16 +51,13 @@ def resolve_ct2_model(name: str, models_dir: Path | None = None) -> Path:
     candidate = Path(name).expanduser()
     if name not in PACKAGED and candidate.is_dir():
         if not (candidate / "model.bin").is_file():
-            raise ConfigurationError(
-                f"{candidate} has no model.bin: point DHGQ_WHISPER_MODEL at a CTranslate2 model"
-            )
+            raise ConfigurationError(f"{candidate} has no model.bin: point DHGQ_WHISPER_MODEL at a CTranslate2 model")
         return candidate
     packaged = PACKAGED.get(name)
     if packaged is None:
         known = ", ".join(sorted(PACKAGED))
         raise ConfigurationError(
-            f"unknown Whisper model {name!r}: use one of {known} "
-            "or a directory holding a CTranslate2 model.bin"
+            f"unknown Whisper model {name!r}: use one of {known} or a directory holding a CTranslate2 model.bin"
         )
     sources = [_package_dir(packaged, index) for index in range(len(packaged.modules))]
     data = sources[0] / packaged.data_dir

@@ -30,12 +30,23 @@ def save(conn: psycopg.Connection, source: Source, output: tuple[Diarization, di
     conn.execute(query("delete_speakers"), {"source_id": source.id})
     for label in diarization.speakers:
         seconds = sum(t.end - t.start for t in diarization.turns if t.speaker == label)
-        conn.execute(query("insert_speaker"), {
-            "source_id": source.id, "label": label, "embedding": diarization.embeddings.get(label),
-            "embedding_model": diarization.engine, "seconds": round(seconds, 3),
-            "segments": sum(1 for t in diarization.turns if t.speaker == label), "metadata": Jsonb({})})
-    return {"diarization": diarization_to_dict(diarization) | {"embeddings": {}},
-            "speakers": len(diarization.speakers), **run}
+        conn.execute(
+            query("insert_speaker"),
+            {
+                "source_id": source.id,
+                "label": label,
+                "embedding": diarization.embeddings.get(label),
+                "embedding_model": diarization.engine,
+                "seconds": round(seconds, 3),
+                "segments": sum(1 for t in diarization.turns if t.speaker == label),
+                "metadata": Jsonb({}),
+            },
+        )
+    return {
+        "diarization": diarization_to_dict(diarization) | {"embeddings": {}},
+        "speakers": len(diarization.speakers),
+        **run,
+    }
 
 
 SPEC = StageSpec("diarization", work, save, after_transcription_or_diarization, lock_with=("transcription",))

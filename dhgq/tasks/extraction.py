@@ -20,8 +20,11 @@ from dhgq.tasks import job_of
 
 def work(resources: Resources, source: Source, job: StageJob) -> ExtractionResult:
     if "://" in source.path:  # storage://, gdrive://, https:// (a user's request names a storage key)
-        raise PermanentError(f"{source.path}: this worker reads local files only; sources in Supabase Storage, "
-                             "Google Drive or on the web cannot be fetched yet", file=source.path)
+        raise PermanentError(
+            f"{source.path}: this worker reads local files only; sources in Supabase Storage, "
+            "Google Drive or on the web cannot be fetched yet",
+            file=source.path,
+        )
     path = Path(source.path)
     root = resources.settings.storage_root
     if root is not None and not path.resolve().is_relative_to(root.resolve()):
@@ -32,12 +35,25 @@ def work(resources: Resources, source: Source, job: StageJob) -> ExtractionResul
 
 def save(conn: psycopg.Connection, source: Source, out: ExtractionResult) -> dict[str, Any]:
     probe = out.probe
-    conn.execute(query("save_extraction"), {
-        "source_id": source.id, "wav_path": out.wav_path, "duration": probe.duration_seconds,
-        "channels": probe.channels, "bitrate": probe.bitrate, "metrics": Jsonb(out.quality_metrics)})
-    return {"wav_path": out.wav_path, "compact_path": out.compact_path,
-            "duration_seconds": probe.duration_seconds, "audio_codec": probe.audio_codec,
-            "video_codec": probe.video_codec, "sample_rate": probe.sample_rate}
+    conn.execute(
+        query("save_extraction"),
+        {
+            "source_id": source.id,
+            "wav_path": out.wav_path,
+            "duration": probe.duration_seconds,
+            "channels": probe.channels,
+            "bitrate": probe.bitrate,
+            "metrics": Jsonb(out.quality_metrics),
+        },
+    )
+    return {
+        "wav_path": out.wav_path,
+        "compact_path": out.compact_path,
+        "duration_seconds": probe.duration_seconds,
+        "audio_codec": probe.audio_codec,
+        "video_codec": probe.video_codec,
+        "sample_rate": probe.sample_rate,
+    }
 
 
 def then(conn: psycopg.Connection, source: Source, rows: StageRows) -> None:

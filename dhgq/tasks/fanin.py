@@ -36,22 +36,36 @@ def merge_speakers(conn: psycopg.Connection, source: Source, diarization_result:
         raise PermanentError("the transcript vanished before speakers could be assigned", file=source.path)
     transcript = transcript_from_dict(document["processed_content"])
     labelled = assign_speakers(transcript, diarization_from_dict(diarization_result["diarization"]))
-    conn.execute(query("update_document_content"),
-                 {"document_id": document["id"], "processed_content": Jsonb(transcript_to_dict(labelled))})
+    conn.execute(
+        query("update_document_content"),
+        {"document_id": document["id"], "processed_content": Jsonb(transcript_to_dict(labelled))},
+    )
     speaker_ids = {r["label"]: r["id"] for r in cur.execute(query("speakers"), {"source_id": source.id})}
     conn.execute(query("delete_segments"), {"document_id": document["id"]})
     seconds: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     with conn.cursor() as writer:
-        writer.executemany(query("insert_segment"), [
-            {"document_id": document["id"], "start": s.start, "end": s.end, "text": s.text.strip(),
-             "speaker_id": speaker_ids.get(s.speaker or ""), "confidence": s.confidence,
-             "metadata": Jsonb({"speaker": s.speaker, "words": [w.__dict__ for w in s.words]})}
-            for s in labelled.segments])
+        writer.executemany(
+            query("insert_segment"),
+            [
+                {
+                    "document_id": document["id"],
+                    "start": s.start,
+                    "end": s.end,
+                    "text": s.text.strip(),
+                    "speaker_id": speaker_ids.get(s.speaker or ""),
+                    "confidence": s.confidence,
+                    "metadata": Jsonb({"speaker": s.speaker, "words": [w.__dict__ for w in s.words]}),
+                }
+                for s in labelled.segments
+            ],
+        )
     for segment in labelled.segments:
         if segment.speaker:
             seconds[segment.speaker] += segment.end - segment.start
             counts[segment.speaker] += 1
     for label, speaker_id in speaker_ids.items():
-        conn.execute(query("update_speaker_totals"), {"speaker_id": speaker_id, "seconds": round(seconds[label], 3),
-                                                      "segments": counts[label]})
+        conn.execute(
+            query("update_speaker_totals"),
+            {"speaker_id": speaker_id, "seconds": round(seconds[label], 3), "segments": counts[label]},
+        )

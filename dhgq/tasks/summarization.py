@@ -23,27 +23,47 @@ from dhgq.tasks import job_of
 
 def work(resources: Resources, source: Source, job: StageJob) -> Summary:
     with resources.pool.connection() as conn:
-        document = conn.cursor(row_factory=dict_row).execute(
-            query("document"), {"source_id": source.id, "content_type": "transcript"}).fetchone()
+        document = (
+            conn.cursor(row_factory=dict_row)
+            .execute(query("document"), {"source_id": source.id, "content_type": "transcript"})
+            .fetchone()
+        )
     if document is None:
         raise PermanentError("no transcript to summarize", file=source.path)
     transcript = transcript_from_dict(document["processed_content"])
     settings = resources.settings
     if settings.anthropic_api_key is None:
         return summarize_extractive(transcript)
-    return summarize(transcript, api_key=settings.anthropic_api_key.get_secret_value(),
-                     model=settings.anthropic_model, base_url=settings.anthropic_base_url)
+    return summarize(
+        transcript,
+        api_key=settings.anthropic_api_key.get_secret_value(),
+        model=settings.anthropic_model,
+        base_url=settings.anthropic_base_url,
+    )
 
 
 def save(conn: psycopg.Connection, source: Source, summary: Summary) -> dict[str, Any]:
     content = asdict(summary)
-    conn.execute(query("upsert_document"), {
-        "source_id": source.id, "content_type": "summary", "raw_content": summary.summary,
-        "processed_content": Jsonb(content), "word_count": len(summary.summary.split()), "language": None,
-        "whisper_model_used": None, "ai_processing_details": Jsonb(summary.details | {"method": summary.method})})
-    return {"method": summary.method, "document_type": summary.document_type,
-            "model": summary.details.get("model"), "input_tokens": summary.details.get("input_tokens"),
-            "output_tokens": summary.details.get("output_tokens")}
+    conn.execute(
+        query("upsert_document"),
+        {
+            "source_id": source.id,
+            "content_type": "summary",
+            "raw_content": summary.summary,
+            "processed_content": Jsonb(content),
+            "word_count": len(summary.summary.split()),
+            "language": None,
+            "whisper_model_used": None,
+            "ai_processing_details": Jsonb(summary.details | {"method": summary.method}),
+        },
+    )
+    return {
+        "method": summary.method,
+        "document_type": summary.document_type,
+        "model": summary.details.get("model"),
+        "input_tokens": summary.details.get("input_tokens"),
+        "output_tokens": summary.details.get("output_tokens"),
+    }
 
 
 def then(conn: psycopg.Connection, source: Source, rows: StageRows) -> None:

@@ -19,27 +19,57 @@ from dhgq.tasks.fanin import after_transcription_or_diarization
 
 def work(resources: Resources, source: Source, job: StageJob) -> tuple[Transcript, dict[str, Any]]:
     """The request's model and language when it gave them, else the worker's settings."""
-    return run_on_extracted_audio(resources, source, job, "dhgq.engines:transcribe",
-                                  model=source.options.get("model"), language=source.options.get("language"))
+    return run_on_extracted_audio(
+        resources,
+        source,
+        job,
+        "dhgq.engines:transcribe",
+        model=source.options.get("model"),
+        language=source.options.get("language"),
+    )
 
 
 def save(conn: psycopg.Connection, source: Source, output: tuple[Transcript, dict[str, Any]]) -> dict[str, Any]:
     transcript, run = output
     content = transcript_to_dict(transcript)
-    document_id = _one(conn, query("upsert_document"), {
-        "source_id": source.id, "content_type": "transcript", "raw_content": transcript.text,
-        "processed_content": Jsonb(content), "word_count": len(transcript.text.split()),
-        "language": transcript.language, "whisper_model_used": transcript.model,
-        "ai_processing_details": Jsonb({"engine": transcript.engine, **run})})
+    document_id = _one(
+        conn,
+        query("upsert_document"),
+        {
+            "source_id": source.id,
+            "content_type": "transcript",
+            "raw_content": transcript.text,
+            "processed_content": Jsonb(content),
+            "word_count": len(transcript.text.split()),
+            "language": transcript.language,
+            "whisper_model_used": transcript.model,
+            "ai_processing_details": Jsonb({"engine": transcript.engine, **run}),
+        },
+    )
     conn.execute(query("delete_segments"), {"document_id": document_id})
     with conn.cursor() as cur:
-        cur.executemany(query("insert_segment"), [
-            {"document_id": document_id, "start": s.start, "end": s.end, "text": s.text.strip(),
-             "speaker_id": None, "confidence": s.confidence,
-             "metadata": Jsonb({"words": [w.__dict__ for w in s.words]})}
-            for s in transcript.segments])
-    return {"document_id": str(document_id), "segments": len(transcript.segments),
-            "words": len(transcript.text.split()), "language": transcript.language, **run}
+        cur.executemany(
+            query("insert_segment"),
+            [
+                {
+                    "document_id": document_id,
+                    "start": s.start,
+                    "end": s.end,
+                    "text": s.text.strip(),
+                    "speaker_id": None,
+                    "confidence": s.confidence,
+                    "metadata": Jsonb({"words": [w.__dict__ for w in s.words]}),
+                }
+                for s in transcript.segments
+            ],
+        )
+    return {
+        "document_id": str(document_id),
+        "segments": len(transcript.segments),
+        "words": len(transcript.text.split()),
+        "language": transcript.language,
+        **run,
+    }
 
 
 def _one(conn: psycopg.Connection, sql: str, params: dict[str, Any]) -> Any:

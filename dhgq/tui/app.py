@@ -174,11 +174,7 @@ class MonitorApp(App[None]):
         self.problem = None
         self.render_snapshot()
         screen = self.screen
-        if (
-            isinstance(screen, DetailScreen)
-            and message.detail
-            and message.detail.source.source_id == screen.source_id
-        ):
+        if isinstance(screen, DetailScreen) and message.detail and message.detail.source.source_id == screen.source_id:
             screen.show(message.detail)
         self._loaded()
 
@@ -230,9 +226,7 @@ class MonitorApp(App[None]):
             self.post_message(ActionDone(f"{kind} {name} failed: {exc}", ok=False))
             return
         verb = "queued again" if kind == "retry" else "cancelled"
-        self.post_message(
-            ActionDone(f"{name}: {count} stage(s) {verb}" if count else f"{name}: nothing to {kind}")
-        )
+        self.post_message(ActionDone(f"{name}: {count} stage(s) {verb}" if count else f"{name}: nothing to {kind}"))
 
     @on(ActionDone)
     def _on_action(self, message: ActionDone) -> None:
@@ -252,16 +246,12 @@ class MonitorApp(App[None]):
 
     def action_failed_only(self) -> None:
         self._set_filter(
-            SourceFilter(
-                not self.source_filter.failed_only, self.source_filter.stage, self.source_filter.text
-            )
+            SourceFilter(not self.source_filter.failed_only, self.source_filter.stage, self.source_filter.text)
         )
 
     def action_stage(self) -> None:
         self._set_filter(
-            SourceFilter(
-                self.source_filter.failed_only, self.source_filter.next_stage(), self.source_filter.text
-            )
+            SourceFilter(self.source_filter.failed_only, self.source_filter.next_stage(), self.source_filter.text)
         )
 
     def action_search(self) -> None:
@@ -280,9 +270,7 @@ class MonitorApp(App[None]):
 
     @on(Input.Changed, "#search")
     def _on_search(self, event: Input.Changed) -> None:
-        self._set_filter(
-            SourceFilter(self.source_filter.failed_only, self.source_filter.stage, event.value.strip())
-        )
+        self._set_filter(SourceFilter(self.source_filter.failed_only, self.source_filter.stage, event.value.strip()))
 
     @on(Input.Submitted, "#search")
     def _on_search_done(self) -> None:
@@ -298,9 +286,7 @@ class MonitorApp(App[None]):
         return True
 
 
-def create_app(
-    settings: Settings, url: str, *, poll_interval: float | None = 3.0, listen: bool = True
-) -> MonitorApp:
+def create_app(settings: Settings, url: str, *, poll_interval: float | None = 3.0, listen: bool = True) -> MonitorApp:
     """The monitor on a database: used by ``dhgq monitor`` and by the tests."""
     backend = PostgresBackend(url, stalled_after=settings.stalled_after, timeout=settings.db_connect_timeout)
     return MonitorApp(backend, database=mask_url(url), poll_interval=poll_interval, listen=listen)

@@ -97,16 +97,12 @@ class Documents:
     summary: Summary | None
 
 
-def fetch_snapshot(
-    conn: psycopg.Connection, *, limit: int = 500, stalled_after: float = 30.0
-) -> QueueSnapshot:
+def fetch_snapshot(conn: psycopg.Connection, *, limit: int = 500, stalled_after: float = 30.0) -> QueueSnapshot:
     """Stage counts, every source's stages (newest first), live workers and recent throughput."""
     cur = conn.cursor(row_factory=dict_row)
     taken_at = one(conn.execute(query("cli_now")))[0]
     stages = tuple(StageCount(**row) for row in cur.execute(query("cli_stage_counts")))
-    sources = tuple(
-        _source_row(row) for row in cur.execute(query("cli_sources"), {"ids": None, "limit": limit})
-    )
+    sources = tuple(_source_row(row) for row in cur.execute(query("cli_sources"), {"ids": None, "limit": limit}))
     live = one(cur.execute(query("cli_live_workers"), {"stalled_after": stalled_after}))
     return QueueSnapshot(taken_at, stages, sources, int(live["workers"]), int(live["jobs_last_minute"]))
 
@@ -194,10 +190,7 @@ def _summary_dict(summary: Summary | None) -> dict[str, Any] | None:
 
 
 def _source_row(row: dict[str, Any]) -> SourceRow:
-    stages = {
-        name: StageState(s["status"], float(s["progress"] or 0))
-        for name, s in (row.get("stages") or {}).items()
-    }
+    stages = {name: StageState(s["status"], float(s["progress"] or 0)) for name, s in (row.get("stages") or {}).items()}
     ordered: dict[str, StageState] = {name: stages[name] for name in STAGES if name in stages}
     duration = row.get("audio_duration_seconds")
     return SourceRow(

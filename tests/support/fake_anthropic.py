@@ -62,9 +62,7 @@ class FakeAnthropic:
         assert self.server is not None
         return f"http://127.0.0.1:{self.server.server_port}"
 
-    def fail(
-        self, status: int, *, times: int = 1, message: str | None = None, retry_after: int | None = None
-    ) -> None:
+    def fail(self, status: int, *, times: int = 1, message: str | None = None, retry_after: int | None = None) -> None:
         """Answer the next ``times`` requests with an error of this status."""
         headers = {"retry-after": str(retry_after)} if retry_after is not None else {}
         text = message or f"scripted {status} error"

@@ -15,13 +15,24 @@ import psycopg
 
 def worker_env(db_url: str, home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DHGQ_", "ANTHROPIC_", "MODAL_"))}
-    return env | {"DHGQ_DATABASE_URL": db_url, "DHGQ_HOME": str(home), "DHGQ_RETRY_BASE_DELAY": "0",
-                  "DHGQ_STALLED_AFTER": "4", "HF_HUB_OFFLINE": "1", "DHGQ_LOG_LEVEL": "INFO"} | extra
+    return (
+        env
+        | {
+            "DHGQ_DATABASE_URL": db_url,
+            "DHGQ_HOME": str(home),
+            "DHGQ_RETRY_BASE_DELAY": "0",
+            "DHGQ_STALLED_AFTER": "4",
+            "HF_HUB_OFFLINE": "1",
+            "DHGQ_LOG_LEVEL": "INFO",
+        }
+        | extra
+    )
 
 
 def run_once(env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "dhgq", "worker", "--once"], env=env, capture_output=True,
-                            text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-m", "dhgq", "worker", "--once"], env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 
@@ -53,11 +64,16 @@ def rows(db_url: str, sql: str, params: tuple = ()) -> list[tuple]:
 
 
 def stage_statuses(db_url: str, source_id: Any) -> dict[str, str]:
-    return dict(rows(db_url, "SELECT stage, status FROM dhgq.audio_processing_stages WHERE source_id = %s",
-                     (source_id,)))
+    return dict(
+        rows(db_url, "SELECT stage, status FROM dhgq.audio_processing_stages WHERE source_id = %s", (source_id,))
+    )
 
 
 def insert_source(db_url: str, path: Path, mime_type: str = "video/mp4") -> str:
     with psycopg.connect(db_url, autocommit=True) as conn:
-        return str(conn.execute("INSERT INTO sources_google (name, path, mime_type) VALUES (%s, %s, %s) RETURNING id",
-                                (path.name, str(path), mime_type)).fetchone()[0])
+        return str(
+            conn.execute(
+                "INSERT INTO sources_google (name, path, mime_type) VALUES (%s, %s, %s) RETURNING id",
+                (path.name, str(path), mime_type),
+            ).fetchone()[0]
+        )

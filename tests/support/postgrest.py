@@ -27,8 +27,9 @@ def request(authenticator_url: str, role: str, user: uuid.UUID | str | None = No
         yield conn
 
 
-def rows_or_refused(authenticator_url: str, role: str, user: uuid.UUID | str | None, query: str,
-                    params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]] | str:
+def rows_or_refused(
+    authenticator_url: str, role: str, user: uuid.UUID | str | None, query: str, params: tuple[Any, ...] = ()
+) -> list[tuple[Any, ...]] | str:
     """The rows a request reads, or "refused" when the database says it may not."""
     try:
         with request(authenticator_url, role, user) as conn:
@@ -37,8 +38,9 @@ def rows_or_refused(authenticator_url: str, role: str, user: uuid.UUID | str | N
         return "refused"
 
 
-def error_of(authenticator_url: str, role: str, user: uuid.UUID | str | None, query: str,
-             params: tuple[Any, ...] = ()) -> psycopg.Error | None:
+def error_of(
+    authenticator_url: str, role: str, user: uuid.UUID | str | None, query: str, params: tuple[Any, ...] = ()
+) -> psycopg.Error | None:
     """The error a request ends with (its transaction rolled back), or None when it succeeded."""
     try:
         with request(authenticator_url, role, user) as conn:

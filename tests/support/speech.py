@@ -84,11 +84,10 @@ def say(text: str, speaker: str, out: Path) -> Path:
     raw = out.with_suffix(".raw.wav")
     subprocess.run(
         ["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(speed), "-w", str(raw), text],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
-    subprocess.run(
-        ["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out)], check=True, capture_output=True
-    )
+    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out)], check=True, capture_output=True)
     raw.unlink()
     return out
 
@@ -96,7 +95,8 @@ def say(text: str, speaker: str, out: Path) -> Path:
 def silence(seconds: float, out: Path) -> Path:
     subprocess.run(
         ["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(out), "trim", "0", f"{seconds}"],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     return out
 
@@ -139,8 +139,24 @@ def to_mp4(audio: Path, out: Path, video: bool = True) -> Path:
 
 def video_without_audio(out: Path, seconds: float = 3.0) -> Path:
     subprocess.run(
-        ["ffmpeg", "-y", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc=size=160x120:rate=10:d={seconds}",
-         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(out)],
-        check=True, capture_output=True,
+        [
+            "ffmpeg",
+            "-y",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc=size=160x120:rate=10:d={seconds}",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
     )
     return out

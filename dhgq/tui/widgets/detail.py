@@ -41,9 +41,7 @@ def render_detail(detail: SourceDetail) -> RenderableType:
     for s in detail.stages:
         error = Text(f"{s.error_class}: {s.error}", style="red") if s.error else Text("")
         status = (
-            Text(f"processing {s.progress:.0f}%", style="yellow")
-            if s.status == "processing"
-            else state_text(s.status)
+            Text(f"processing {s.progress:.0f}%", style="yellow") if s.status == "processing" else state_text(s.status)
         )
         stages.add_row(s.stage, status, str(s.attempts), took(s.seconds), error)
     parts: list[RenderableType] = [title, stages]
