@@ -20,7 +20,7 @@ def peak_rss_mb() -> float:
 
 
 def extraction(media: str, out_dir: str) -> dict[str, Any]:
-    from dhgq.media.extraction import extract_audio
+    from dhgq.media.extraction.extract import extract_audio
 
     started = time.perf_counter()
     result = extract_audio(Path(media), Path(out_dir), stem="audio")
@@ -35,11 +35,11 @@ def extraction(media: str, out_dir: str) -> dict[str, Any]:
 
 def transcription(wav: str, engine: str = "faster-whisper", model: str = "tiny.en") -> dict[str, Any]:
     from dhgq.media.serialize import transcript_to_dict
-    from dhgq.media.transcription import load_engine
+    from dhgq.media.transcription.engines import load_engine
 
     extra: dict[str, Any] = {}
     if engine == "openai-whisper":
-        from dhgq.media.whisper_convert import openai_checkpoint
+        from dhgq.media.transcription.convert import openai_checkpoint
 
         started = time.perf_counter()
         extra["checkpoint"] = str(openai_checkpoint(model))
@@ -60,7 +60,7 @@ def transcription(wav: str, engine: str = "faster-whisper", model: str = "tiny.e
 
 
 def diarization(wav: str) -> dict[str, Any]:
-    from dhgq.media.diarization import load_diarizer
+    from dhgq.media.diarization.engines import load_diarizer
 
     started = time.perf_counter()
     diarizer = load_diarizer("local")
@@ -76,8 +76,8 @@ def diarization(wav: str) -> dict[str, Any]:
 
 
 def summarization(transcript: dict[str, Any]) -> dict[str, Any]:
-    from dhgq.media.extractive import embedding_model, summarize_extractive
     from dhgq.media.serialize import transcript_from_dict
+    from dhgq.media.summarization.extractive import embedding_model, summarize_extractive
 
     started = time.perf_counter()
     embedding_model()

@@ -24,8 +24,8 @@ from dhgq.media.types import Diarization, Transcript
 from dhgq.settings import Settings
 
 if TYPE_CHECKING:
-    from dhgq.media.diarization import DiarizationEngine
-    from dhgq.media.transcription import TranscriptionEngine
+    from dhgq.media.diarization.engines import DiarizationEngine
+    from dhgq.media.transcription.engines import TranscriptionEngine
 
 RunInfo = dict[str, Any]
 
@@ -96,7 +96,7 @@ class LocalBackend:
         self.settings = settings
 
     def transcription_engine(self, model: str) -> TranscriptionEngine:
-        from dhgq.media.transcription import load_engine
+        from dhgq.media.transcription.engines import load_engine
 
         s = self.settings
         if s.whisper_engine == "openai-whisper":
@@ -104,7 +104,7 @@ class LocalBackend:
         return load_engine(s.whisper_engine, model, s.whisper_compute_type, s.models_dir, self.cpu_threads or 0)
 
     def diarization_engine(self) -> DiarizationEngine:
-        from dhgq.media.diarization import load_diarizer
+        from dhgq.media.diarization.engines import load_diarizer
 
         self._limit_torch_threads()
         return load_diarizer(self.settings.diarization_engine)

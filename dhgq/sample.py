@@ -10,7 +10,7 @@ from pathlib import Path
 import soundfile as sf
 
 from dhgq.errors import ConfigurationError
-from dhgq.media.ffmpeg_tools import ffmpeg_binary
+from dhgq.media.extraction.ffmpeg import ffmpeg_binary
 
 # (espeak voice, pitch 0-99, words per minute): clearly different voices.
 VOICES: dict[str, tuple[str, int, int]] = {"alice": ("en-us+f3", 70, 165), "bob": ("en-gb+m3", 25, 150)}

@@ -31,8 +31,8 @@ from typing import Any
 import modal
 
 from dhgq.errors import PermanentError, TransientError
-from dhgq.media.chunking import split_at_silences, stitch_chunks
 from dhgq.media.serialize import diarization_to_dict, transcript_from_dict, transcript_to_dict
+from dhgq.media.transcription.chunking import split_at_silences, stitch_chunks
 from dhgq.media.types import Segment, Transcript, Word
 
 APP_NAME = "dhgq-gpu"
@@ -185,10 +185,10 @@ def _whisper_segment(segment: dict[str, Any]) -> Segment:
 
 
 def load_transcription_engine(engine: str, model: str, compute_type: str, models_dir: str) -> Any:
-    """openai-whisper from the Volume, or any engine of ``dhgq.media.transcription`` (local runs)."""
+    """openai-whisper from the Volume, or any engine of ``dhgq.media.transcription.engines`` (local runs)."""
     if engine == OpenAIWhisper.engine and not models_dir:
         return OpenAIWhisper(model)
-    from dhgq.media.transcription import load_engine
+    from dhgq.media.transcription.engines import load_engine
 
     return load_engine(engine, model, compute_type, Path(models_dir) if models_dir else None)
 
@@ -206,8 +206,8 @@ def run_transcription(engine: Any, audio: bytes | str, language: str | None) -> 
 
 
 def load_diarization_engine(engine: str) -> Any:
-    """A ``dhgq.media.diarization`` engine; pyannote at its pinned revision, with the secret's token."""
-    from dhgq.media.diarization import PyannoteEngine, load_diarizer
+    """A ``dhgq.media.diarization.engines`` engine; pyannote at its pinned revision, with the secret's token."""
+    from dhgq.media.diarization.engines import PyannoteEngine, load_diarizer
 
     if engine == PyannoteEngine.name:
         pinned = f"{PYANNOTE_PIPELINE}@{PYANNOTE_REVISION}"

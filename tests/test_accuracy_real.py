@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from dhgq.media.evaluate import normalise_text, word_errors
-from dhgq.media.transcription import load_engine
-from dhgq.media.whisper_models import resolve_ct2_model
+from dhgq.evaluation import normalise_text, word_errors
+from dhgq.media.transcription.engines import load_engine
+from dhgq.media.transcription.models import resolve_ct2_model
 
 pytestmark = pytest.mark.slow
 FILES = ("jfk.flac", "goforward.wav", "sample.wav")

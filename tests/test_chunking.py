@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dhgq.media.chunking import split_at_silences, split_samples, stitch, stitch_chunks
 from dhgq.media.serialize import (
     diarization_from_dict,
     diarization_to_dict,
     transcript_from_dict,
     transcript_to_dict,
 )
+from dhgq.media.transcription.chunking import split_at_silences, split_samples, stitch, stitch_chunks
 from dhgq.media.types import Diarization, Segment, SpeakerTurn, Transcript, Word
 from tests.support.speech import TWO_SPEAKER_SCRIPT, Reference, dialogue
 
@@ -129,7 +129,7 @@ def long_talk(tmp_path_factory: pytest.TempPathFactory) -> Reference:
 
 @pytest.mark.slow
 def test_split_and_stitch_matches_a_single_pass_on_a_five_minute_talk(long_talk: Reference, tmp_path: Path) -> None:
-    from dhgq.media.transcription import load_engine
+    from dhgq.media.transcription.engines import load_engine
 
     engine = load_engine("faster-whisper", "tiny.en", "int8", None)
     total = sf.info(str(long_talk.audio)).duration

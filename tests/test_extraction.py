@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 
 from dhgq.errors import PermanentError, StageTimeout
-from dhgq.media import extraction
-from dhgq.media.extraction import extract_audio, probe
-from dhgq.media.ffmpeg_tools import ffmpeg_binary
+from dhgq.media.extraction import extract as extraction
+from dhgq.media.extraction.extract import extract_audio, probe
+from dhgq.media.extraction.ffmpeg import ffmpeg_binary
 from tests.support.speech import TWO_SPEAKER_SCRIPT, Reference, dialogue, silence, to_mp4, video_without_audio
 
 

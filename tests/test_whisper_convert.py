@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from dhgq.errors import ConfigurationError
-from dhgq.media.transcription import FasterWhisperEngine, OpenAIWhisperEngine, load_audio
-from dhgq.media.whisper_convert import convert_ct2_to_openai_whisper, convert_named_model
-from dhgq.media.whisper_models import resolve_ct2_model
+from dhgq.media.transcription.convert import convert_ct2_to_openai_whisper, convert_named_model
+from dhgq.media.transcription.engines import FasterWhisperEngine, OpenAIWhisperEngine, load_audio
+from dhgq.media.transcription.models import resolve_ct2_model
 from tests.support.speech import TWO_SPEAKER_SCRIPT, dialogue
 
 whisper = pytest.importorskip("whisper", reason="openai-whisper is not installed")
@@ -178,7 +178,7 @@ def test_missing_or_unknown_models_name_the_fix(tmp_path: Path) -> None:
 
 
 def test_uninstalled_model_package_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dhgq.media import whisper_models
+    from dhgq.media.transcription import models as whisper_models
 
     missing = whisper_models.PackagedModel(("no-such-weights",), ("no_such_weights",), "data", ("model.bin",))
     monkeypatch.setitem(whisper_models.PACKAGED, "ghost", missing)

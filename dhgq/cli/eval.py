@@ -33,7 +33,7 @@ def evaluate(
     json_output: JsonOption = False,
 ) -> None:
     """Score the local engines: WER, DER (pyannote.metrics, no collar, overlap scored), speakers, speed."""
-    from dhgq.media.evaluate import evaluate_directory, render_markdown
+    from dhgq.evaluation import evaluate_directory, render_markdown
 
     report = evaluate_directory(directory, settings=settings_of(ctx))
     if json_output:

@@ -24,7 +24,7 @@ def convert(
 ) -> None:
     """Convert a faster-whisper (CTranslate2) model to an openai-whisper checkpoint (.pt)."""
     try:
-        from dhgq.media.whisper_convert import convert_named_model
+        from dhgq.media.transcription.convert import convert_named_model
     except ImportError as exc:
         raise ConfigurationError(f"model conversion is not available in this installation ({exc})") from None
     out.mkdir(parents=True, exist_ok=True)

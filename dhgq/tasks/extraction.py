@@ -11,7 +11,7 @@ from psycopg.types.json import Jsonb
 
 from dhgq.app import app, retry_strategy
 from dhgq.errors import PermanentError
-from dhgq.media.extraction import extract_audio
+from dhgq.media.extraction.extract import extract_audio
 from dhgq.media.types import ExtractionResult
 from dhgq.pipeline import Resources, Source, StageJob, StageRows, StageSpec, enqueue, run_stage
 from dhgq.queries import query

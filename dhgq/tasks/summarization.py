@@ -12,9 +12,9 @@ from psycopg.types.json import Jsonb
 
 from dhgq.app import app, retry_strategy
 from dhgq.errors import PermanentError
-from dhgq.media.extractive import summarize_extractive
 from dhgq.media.serialize import transcript_from_dict
-from dhgq.media.summarization import summarize
+from dhgq.media.summarization.extractive import summarize_extractive
+from dhgq.media.summarization.summarize import summarize
 from dhgq.media.types import Summary
 from dhgq.pipeline import Resources, Source, StageJob, StageRows, StageSpec, run_stage
 from dhgq.queries import query

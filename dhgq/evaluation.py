@@ -180,8 +180,8 @@ def evaluate_folder(
 
 def evaluate_directory(directory: Path, *, settings: Any = None) -> EvaluationReport:
     """``evaluate_folder`` with the transcription and diarization engines that ``settings`` name."""
-    from dhgq.media.diarization import load_diarizer
-    from dhgq.media.transcription import load_engine
+    from dhgq.media.diarization.engines import load_diarizer
+    from dhgq.media.transcription.engines import load_engine
     from dhgq.settings import get_settings
 
     s = settings or get_settings()

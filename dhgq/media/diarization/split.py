@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 
-from dhgq.media.diarizer_resegment import nearest
+from dhgq.media.diarization.resegment import nearest
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

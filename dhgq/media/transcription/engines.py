@@ -2,7 +2,7 @@
 
 ``faster-whisper`` (CTranslate2, int8 on CPU) is the default because it is several times faster
 than PyTorch on the CPU workers; ``openai-whisper`` runs the same weights (converted once by
-``whisper_convert``) where PyTorch is the better fit, e.g. a GPU backend. Engines are cached per
+``convert``) where PyTorch is the better fit, e.g. a GPU backend. Engines are cached per
 process by ``load_engine`` so a worker loads its model once, not once per job.
 """
 
@@ -75,8 +75,8 @@ class FasterWhisperEngine:
     ) -> None:
         from faster_whisper import WhisperModel
 
-        from dhgq.media.whisper_features import BlockwiseFeatureExtractor
-        from dhgq.media.whisper_models import resolve_ct2_model
+        from dhgq.media.transcription.features import BlockwiseFeatureExtractor
+        from dhgq.media.transcription.models import resolve_ct2_model
 
         self.model_name = model
         device = "cuda" if _cuda_devices() else "cpu"
@@ -122,7 +122,7 @@ class OpenAIWhisperEngine:
         import torch
         import whisper
 
-        from dhgq.media.whisper_convert import openai_checkpoint
+        from dhgq.media.transcription.convert import openai_checkpoint
 
         self.model_name = model
         self._device = "cuda" if torch.cuda.is_available() else "cpu"

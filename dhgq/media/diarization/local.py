@@ -12,9 +12,9 @@
 5. reconstruction: cluster activity averaged over overlapping windows, and in each frame the
    ``count`` most active clusters are speaking, where ``count`` is the number of simultaneous
    speakers that the segmentation saw there (so two people are labelled where two talk);
-6. resegmentation of one-speaker stretches with short embeddings (see diarizer_resegment);
+6. resegmentation of one-speaker stretches with short embeddings (see resegment.py);
 7. a second look at each speaker with ~2 s embeddings, for similar voices that clustering
-   merged (see diarizer_split), and when it finds some, resegmentation again;
+   merged (see split.py), and when it finds some, resegmentation again;
 8. frames -> turns, short gaps bridged and blips dropped.
 """
 
@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dhgq.media import diarizer_clustering as clustering
-from dhgq.media.diarizer_audio import SAMPLE_RATE, normalise_loudness, read_audio
-from dhgq.media.diarizer_models import SegmentationModel, SpeakerEmbedder
-from dhgq.media.diarizer_resegment import resegment
-from dhgq.media.diarizer_split import SplitCheck, split_merged_speakers
+from dhgq.media.diarization import clustering
+from dhgq.media.diarization.audio import SAMPLE_RATE, normalise_loudness, read_audio
+from dhgq.media.diarization.models import SegmentationModel, SpeakerEmbedder
+from dhgq.media.diarization.resegment import resegment
+from dhgq.media.diarization.split import SplitCheck, split_merged_speakers
 from dhgq.media.types import Diarization, SpeakerTurn
 
 FEATURE_STEP = 0.02  # CAM++ frame-level features: 10 ms fbank frames, stride 2

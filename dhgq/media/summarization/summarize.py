@@ -1,5 +1,5 @@
 """Summaries of transcripts: Claude (map-reduce within the context window) or, without an API
-key, the offline extractive summary of ``dhgq.media.extractive``.
+key, the offline extractive summary of ``dhgq.media.summarization.extractive``.
 
 Retries belong to the queue alone: the SDK is built with ``max_retries=0`` and every API failure
 is translated into a ``TransientError`` (retried by the queue) or a ``PermanentError``.
@@ -17,7 +17,7 @@ from typing import Any
 import anthropic
 
 from dhgq.errors import PermanentError, TransientError
-from dhgq.media.extractive import no_speech_summary, summarize_extractive
+from dhgq.media.summarization.extractive import no_speech_summary, summarize_extractive
 from dhgq.media.types import Summary, Transcript
 
 DOCUMENT_TYPES = ("presentation", "interview", "panel", "lecture", "meeting", "other")

@@ -1,0 +1,1 @@
+"""Summarization: Claude, or an offline extractive summary on MiniLM sentence embeddings."""

@@ -1,0 +1,1 @@
+"""Transcription: Whisper engines (faster-whisper, openai-whisper), their models, features and chunking."""
