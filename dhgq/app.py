@@ -8,7 +8,8 @@ from typing import Any
 import procrastinate
 
 from dhgq.db import with_search_path
-from dhgq.settings import get_settings
+from dhgq.errors import TransientError
+from dhgq.settings import Settings, get_settings
 
 STAGE_MODULES = [
     "dhgq.tasks.extraction",
@@ -18,16 +19,21 @@ STAGE_MODULES = [
 ]
 
 
-def retry_strategy() -> procrastinate.RetryStrategy:
+def retry_strategy(settings: Settings) -> procrastinate.RetryStrategy:
     """Exponential backoff for transient errors only; permanent ones fail at once."""
-    from dhgq.errors import TransientError
-
-    settings = get_settings()
     return procrastinate.RetryStrategy(
         max_attempts=settings.max_attempts - 1,  # Procrastinate counts retries, not runs
         exponential_wait=settings.retry_base_delay,
         retry_exceptions={TransientError},
     )
+
+
+def configure_retries(bound: procrastinate.App, settings: Settings) -> None:
+    """Give every stage task the retry strategy of the worker's settings (the tasks import none)."""
+    strategy = retry_strategy(settings)
+    for name, task in bound.tasks.items():
+        if name.startswith("dhgq."):
+            task.retry_strategy = strategy
 
 
 class DhgqConnector(procrastinate.PsycopgConnector):

@@ -1,5 +1,9 @@
 """Where the GPU stages run: in the worker (``local``) or on Modal (``modal_gpu/app.py``).
 
+``transcribe``, ``diarize`` and ``warm`` are what the tasks hand to their stage's model host (a
+child process, see ``dhgq.runner``); each picks this process's backend once (``backend_for``), so
+models load once per worker process, never per job.
+
 ``select_backend`` turns ``settings.gpu_backend`` into a backend and a sentence saying why.
 Both backends return the result together with run metadata (backend, gpu, model,
 duration_s, ...) for the stage row. Modal's failures are sorted into dhgq's error classes here:
@@ -9,18 +13,16 @@ and an unavailable service are ``TransientError``, retried by the queue (Modal r
 
 from __future__ import annotations
 
-import io
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dhgq.errors import ConfigurationError, DhgqError, PermanentError, TransientError, classify
 from dhgq.media.serialize import diarization_from_dict, transcript_from_dict
-from dhgq.media.types import Diarization, Transcript
+from dhgq.media.types import ANY_SPEAKERS, Diarization, SpeakerCount, Transcript
 from dhgq.settings import Settings
 
 if TYPE_CHECKING:
@@ -51,13 +53,13 @@ MODAL_WHISPER_MODELS = frozenset(
     }
 )
 LONG_AUDIO_SECONDS = 600.0
-APP_MODULE = "modal_gpu.app"
 
 
 class GpuBackend(Protocol):
     """Runs the two GPU stages on a WAV and says how it went."""
 
     name: str
+    default_model: str  # the Whisper model of a request that names none
 
     def transcribe(self, wav_path: Path, *, model: str, language: str | None = None) -> tuple[Transcript, RunInfo]: ...
 
@@ -65,9 +67,7 @@ class GpuBackend(Protocol):
         self,
         wav_path: Path,
         *,
-        num_speakers: int | None = None,
-        min_speakers: int | None = None,
-        max_speakers: int | None = None,
+        speakers: SpeakerCount = ANY_SPEAKERS,
     ) -> tuple[Diarization, RunInfo]: ...
 
 
@@ -94,6 +94,7 @@ class LocalBackend:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.default_model = settings.whisper_model
 
     def transcription_engine(self, model: str) -> TranscriptionEngine:
         from dhgq.media.transcription.engines import load_engine
@@ -125,15 +126,11 @@ class LocalBackend:
         self,
         wav_path: Path,
         *,
-        num_speakers: int | None = None,
-        min_speakers: int | None = None,
-        max_speakers: int | None = None,
+        speakers: SpeakerCount = ANY_SPEAKERS,
     ) -> tuple[Diarization, RunInfo]:
         started = time.perf_counter()
         diarizer = self.diarization_engine()
-        diarization = diarizer.diarize(
-            Path(wav_path), num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers
-        )
+        diarization = diarizer.diarize(Path(wav_path), speakers=speakers)
         return diarization, run_info(self.name, None, diarization.engine, started, engine=diarization.engine)
 
 
@@ -144,6 +141,7 @@ class ModalBackend:
 
     def __init__(self, settings: Settings, *, long_audio_seconds: float = LONG_AUDIO_SECONDS) -> None:
         self.settings = settings
+        self.default_model = settings.modal_whisper_model
         self.long_audio_seconds = long_audio_seconds
 
     def transcribe(self, wav_path: Path, *, model: str, language: str | None = None) -> tuple[Transcript, RunInfo]:
@@ -179,9 +177,7 @@ class ModalBackend:
         self,
         wav_path: Path,
         *,
-        num_speakers: int | None = None,
-        min_speakers: int | None = None,
-        max_speakers: int | None = None,
+        speakers: SpeakerCount = ANY_SPEAKERS,
     ) -> tuple[Diarization, RunInfo]:
         import modal
 
@@ -190,7 +186,7 @@ class ModalBackend:
         app_name = self.settings.modal_app_name
         with modal_errors(app_name, "diarization"):
             diarizer = modal.Cls.from_name(app_name, "Diarizer")()
-            output = diarizer.diarize.remote(audio, num_speakers, min_speakers, max_speakers)
+            output = diarizer.diarize.remote(audio, speakers)
         diarization = diarization_from_dict(output["diarization"])
         return diarization, run_info(
             self.name,
@@ -276,85 +272,39 @@ def select_backend(settings: Settings) -> tuple[GpuBackend, str]:
     return ModalBackend(settings), f"gpu_backend=auto: chose Modal, {target} (credentials from {where})"
 
 
-def app_source() -> Path:
-    """The repository root that holds ``modal_gpu/app.py``."""
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "modal_gpu" / "app.py").is_file():
-        raise ConfigurationError(f"no modal_gpu/app.py under {root}: deploy from a dhgq source checkout")
-    return root
+# --- what a stage's model host runs (dhgq.runner calls them as function(settings, **kwargs)) ----------
 
 
-def deploy_command(settings: Settings) -> list[str]:
-    return [sys.executable, "-m", "modal", "deploy", "--name", settings.modal_app_name, "-m", APP_MODULE]
+@lru_cache(maxsize=2)
+def backend_for(settings: Settings) -> GpuBackend:
+    """This process's backend, built once; local models share the cores with the worker's other hosts."""
+    backend, _reason = select_backend(settings)
+    if isinstance(backend, LocalBackend):
+        backend.cpu_threads = settings.threads_per_model_job()
+    return backend
 
 
-def deploy_environment(settings: Settings) -> dict[str, str]:
-    """The variables ``modal_gpu/app.py`` reads at deploy time, from dhgq's settings."""
-    import os
-
-    # The child needs the whole environment (PATH, Modal's token variables); only these are dhgq's.
-    return {
-        **os.environ,
-        "DHGQ_MODAL_GPU": settings.modal_gpu,
-        "DHGQ_MODAL_WHISPER_MODEL": settings.whisper_model,
-    }
+def transcribe(
+    settings: Settings, wav_path: str, model: str | None = None, language: str | None = None
+) -> tuple[Transcript, RunInfo]:
+    """Whisper on the WAV; a request's model and language win over the settings."""
+    backend = backend_for(settings)
+    return backend.transcribe(
+        Path(wav_path), model=model or backend.default_model, language=language or settings.whisper_language
+    )
 
 
-def deploy(settings: Settings, timeout: float = 3600.0) -> str:
-    """``modal deploy modal_gpu/app.py`` under the configured app name and GPU; returns its output."""
-    if modal_credentials() is None:
-        raise ConfigurationError(f"cannot deploy: no Modal credentials: {CREDENTIALS_FIX}")
-    try:
-        done = subprocess.run(
-            deploy_command(settings),
-            cwd=app_source(),
-            env=deploy_environment(settings),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise TransientError(f"`modal deploy` ran past {timeout:.0f}s") from exc
-    output = (done.stdout + done.stderr).strip()
-    if done.returncode != 0:
-        raise ConfigurationError(f"`modal deploy` failed (exit {done.returncode}):\n{output[-2000:]}")
-    return output
+def diarize(settings: Settings, wav_path: str, speakers: SpeakerCount = ANY_SPEAKERS) -> tuple[Diarization, RunInfo]:
+    """Who spoke when; a request's speaker count steers the clustering."""
+    return backend_for(settings).diarize(Path(wav_path), speakers=speakers)
 
 
-def silent_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
-    import numpy as np
-    import soundfile as sf
-
-    buffer = io.BytesIO()
-    sf.write(buffer, np.zeros(int(seconds * rate), dtype=np.float32), rate, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
-
-
-def check(settings: Settings) -> list[tuple[str, bool, str]]:
-    """``dhgq modal check``: credentials, deployment, a tiny round trip; each (name, ok, detail)."""
-    import modal
-
-    where = modal_credentials()
-    results = [("credentials", where is not None, f"from {where}" if where else CREDENTIALS_FIX)]
-    if where is None:
-        return [*results, ("deployment", False, "skipped"), ("round trip", False, "skipped")]
-    app_name = settings.modal_app_name
-    try:
-        with modal_errors(app_name, "check"):
-            modal.Cls.from_name(app_name, "Transcriber").hydrate()
-            modal.Function.from_name(app_name, "transcribe_long").hydrate()
-    except DhgqError as exc:
-        return [*results, ("deployment", False, exc.message), ("round trip", False, "skipped")]
-    results.append(("deployment", True, f"app {app_name!r} found"))
-    started = time.perf_counter()
-    try:
-        with modal_errors(app_name, "check"):
-            output = modal.Cls.from_name(app_name, "Transcriber")(model="tiny.en").transcribe.remote(
-                silent_wav(), "tiny.en", "en"
-            )
-    except DhgqError as exc:
-        return [*results, ("round trip", False, exc.message)]
-    elapsed = time.perf_counter() - started
-    detail = f"tiny.en on {output.get('device')}: {elapsed:.1f}s (remote {output.get('seconds', 0.0):.1f}s)"
-    return [*results, ("round trip", True, detail)]
+def warm(settings: Settings, stage: str) -> str:
+    """Load the stage's models now (and compile what numba compiles), so no job pays for it."""
+    backend = backend_for(settings)
+    if isinstance(backend, LocalBackend):
+        if stage == "transcription":
+            backend.transcription_engine(backend.default_model)
+        elif stage == "diarization":
+            backend.diarization_engine()
+    return stage

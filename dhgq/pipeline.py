@@ -21,7 +21,7 @@ from psycopg_pool import ConnectionPool
 
 from dhgq.errors import DhgqError, PermanentError, TransientError, classify
 from dhgq.queries import query
-from dhgq.runner import ModelPool
+from dhgq.runner import HostFunction, ModelPool
 from dhgq.settings import Settings, Stage
 
 logger = logging.getLogger("dhgq.pipeline")
@@ -57,7 +57,7 @@ class Resources:
 
     def host(self, stage: Stage) -> ModelPool:
         if stage not in self.hosts:
-            self.hosts[stage] = ModelPool(stage, self.settings.concurrency(stage))
+            self.hosts[stage] = ModelPool(stage, self.settings.concurrency(stage), self.settings)
         return self.hosts[stage]
 
     def close(self) -> None:
@@ -207,10 +207,12 @@ def report_progress(resources: Resources, job: StageJob, percent: float) -> None
         pass
 
 
-def run_on_extracted_audio(resources: Resources, source: Source, job: StageJob, target: str, **options: Any) -> Any:
+def run_on_extracted_audio(
+    resources: Resources, source: Source, job: StageJob, function: HostFunction[Output], **options: Any
+) -> Output:
     """A GPU stage's work: the extracted audio, in the stage's model host, under its time limit."""
     wav_path = source.extracted_audio()
     report_progress(resources, job, 5)
     return resources.host(job.stage).call(
-        target, resources.settings.stage_timeout(source.duration), wav_path=wav_path, **options
+        function, resources.settings.stage_timeout(source.duration), wav_path=wav_path, **options
     )

@@ -4,38 +4,40 @@ Procrastinate runs sync tasks in threads, and a thread cannot be killed, so a mo
 past its stage timeout would hold a slot forever. Here each call goes to a child process; the
 child keeps whatever models it loaded (``lru_cache`` in the engines) across jobs, and a call that
 times out kills the child, which is started afresh on the next call.
+
+A call names a module-level function (it travels pickled, by its qualified name), so an editor
+follows a task to the code its host runs. The child is started with the worker's Settings and
+passes them to every function as its first argument: one Settings object, built once.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import multiprocessing
 import queue
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, TypeVar
 
 from dhgq.errors import StageTimeout, TransientError
+from dhgq.settings import Settings
 
 logger = logging.getLogger(__name__)
 _SPAWN = multiprocessing.get_context("spawn")
+Result = TypeVar("Result")
+HostFunction = Callable[..., Result]  # called as function(settings, **kwargs) in the child
 
 
-def _resolve(target: str) -> Any:
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def _child_main(conn: Connection) -> None:
+def _child_main(conn: Connection, settings: Settings) -> None:
     """The child's loop: call what it is asked, send back the value or the exception."""
     while True:
         try:
-            target, kwargs = conn.recv()
+            function, kwargs = conn.recv()
         except (EOFError, KeyboardInterrupt):
             return
         try:
-            conn.send((True, _resolve(target)(**kwargs)))
+            conn.send((True, function(settings, **kwargs)))
         except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
             try:
                 conn.send((False, exc))
@@ -46,32 +48,33 @@ def _child_main(conn: Connection) -> None:
 class ModelHost:
     """One child process and the pipe to it."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, settings: Settings) -> None:
         self.name = name
+        self.settings = settings
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
 
     def _ensure_started(self) -> Connection:
         if self._process is None or not self._process.is_alive() or self._conn is None:
             parent, child = _SPAWN.Pipe()
-            self._process = _SPAWN.Process(target=_child_main, args=(child,), name=self.name, daemon=True)
+            self._process = _SPAWN.Process(target=_child_main, args=(child, self.settings), name=self.name, daemon=True)
             self._process.start()
             child.close()
             self._conn = parent
         return self._conn
 
-    def call(self, target: str, timeout: float, **kwargs: Any) -> Any:
-        """Run ``module:function(**kwargs)`` in the child; StageTimeout after ``timeout`` seconds."""
+    def call(self, function: HostFunction[Result], timeout: float, **kwargs: Any) -> Result:
+        """Run ``function(settings, **kwargs)`` in the child; StageTimeout after ``timeout`` seconds."""
         conn = self._ensure_started()
-        conn.send((target, kwargs))
+        conn.send((function, kwargs))
         if not conn.poll(timeout):
             self.kill()
-            raise StageTimeout(f"{target.rsplit(':', 1)[-1]} ran past its {timeout:.0f} s limit and was stopped")
+            raise StageTimeout(f"{function.__name__} ran past its {timeout:.0f} s limit and was stopped")
         try:
             ok, value = conn.recv()
         except EOFError:
             self.kill()
-            raise TransientError(f"the model process died while running {target}") from None
+            raise TransientError(f"the model process died while running {function.__name__}") from None
         if ok:
             return value
         raise value
@@ -88,26 +91,26 @@ class ModelHost:
 class ModelPool:
     """A fixed number of model hosts for one stage, one per concurrent job."""
 
-    def __init__(self, name: str, size: int) -> None:
+    def __init__(self, name: str, size: int, settings: Settings) -> None:
         self._idle: queue.Queue[ModelHost] = queue.Queue()
-        self._all = [ModelHost(f"dhgq-{name}-{i}") for i in range(size)]
+        self._all = [ModelHost(f"dhgq-{name}-{i}", settings) for i in range(size)]
         for host in self._all:
             self._idle.put(host)
         self._lock = threading.Lock()
 
-    def call(self, target: str, timeout: float, **kwargs: Any) -> Any:
+    def call(self, function: HostFunction[Result], timeout: float, **kwargs: Any) -> Result:
         host = self._idle.get()
         try:
-            return host.call(target, timeout, **kwargs)
+            return host.call(function, timeout, **kwargs)
         finally:
             self._idle.put(host)
 
-    def warm(self, target: str, timeout: float = 600.0, **kwargs: Any) -> None:
+    def warm(self, function: HostFunction[Any], timeout: float = 600.0, **kwargs: Any) -> None:
         """Load models in one host ahead of the first job (numba and model loading take a while)."""
         try:
-            self.call(target, timeout, **kwargs)
+            self.call(function, timeout, **kwargs)
         except Exception as exc:  # warming is best effort; the job will report a real failure
-            logger.warning("warm-up of %s failed: %s", target, exc)
+            logger.warning("warm-up of %s failed: %s", function.__name__, exc)
 
     def close(self) -> None:
         for host in self._all:

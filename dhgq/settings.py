@@ -24,7 +24,11 @@ SEED_MODEL_CONCURRENCY = 2  # the seeds' MAX_CONCURRENT_TRANSCRIPTIONS and _DIAR
 class Settings(BaseSettings):
     """dhgq's configuration; see the README's configuration table."""
 
-    model_config = SettingsConfigDict(env_prefix="DHGQ_", env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # frozen: built once and passed around, never changed; hashable, so that a model host keys its
+    # per-process backend on it
+    model_config = SettingsConfigDict(
+        env_prefix="DHGQ_", env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
 
     # Database: unset means "start the embedded PostgreSQL server under home".
     database_url: SecretStr | None = None
@@ -67,6 +71,8 @@ class Settings(BaseSettings):
     gpu_backend: Literal["local", "modal", "auto"] = "local"
     modal_app_name: str = "dhgq-gpu"
     modal_gpu: str = "A10G"
+    modal_whisper_model: str = Field("turbo", description="Whisper model of the Modal app, loaded at its start")
+    modal_max_containers: int = Field(8, ge=1, description="GPU containers the Modal app may run at once")
 
     # Summaries
     anthropic_api_key: SecretStr | None = Field(

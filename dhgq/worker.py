@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import procrastinate
 from procrastinate.worker import Worker
 
-from dhgq.app import app, connector_for
+from dhgq import gpu
+from dhgq.app import app, configure_retries, connector_for
 from dhgq.db import task_pool
 from dhgq.pipeline import Resources
 from dhgq.queries import query
@@ -51,6 +52,7 @@ async def _run(
     try:
         with app.replace_connector(connector_for(url)) as bound:
             bound.perform_import_paths()
+            configure_retries(bound, settings)
             async with bound.open_async():
                 if warm:
                     asyncio.get_running_loop().run_in_executor(None, _warm, resources, queues)
@@ -156,4 +158,4 @@ def _jobs_ready(resources: Resources, queues: list[Stage]) -> bool:
 def _warm(resources: Resources, queues: list[Stage]) -> None:
     for stage in ("transcription", "diarization"):
         if stage in queues:
-            resources.host(stage).warm("dhgq.engines:warm", stage=stage)
+            resources.host(stage).warm(gpu.warm, stage=stage)

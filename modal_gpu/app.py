@@ -11,13 +11,13 @@ The bodies are plain functions of this module, so they also run in-process throu
 ``Transcriber(engine="faster-whisper")`` and ``Diarizer(engine="local")``. Modal retries
 nothing here: a failed stage is retried once, by the queue.
 
-Deploy-time settings (``dhgq modal deploy`` sets them from dhgq's settings):
-``DHGQ_MODAL_GPU`` (default A10G), ``DHGQ_MODAL_WHISPER_MODEL`` (model loaded at start,
-default turbo), ``DHGQ_MODAL_MAX_CONTAINERS`` (GPU containers at most, default 8).
+Deploy-time settings: ``DHGQ_MODAL_GPU``, ``DHGQ_MODAL_WHISPER_MODEL`` (model loaded at start) and
+``DHGQ_MODAL_MAX_CONTAINERS`` (GPU containers at most) are fields of dhgq's Settings, and
+``dhgq modal deploy`` passes them from there; the images carry no pydantic, so this module reads
+the variables themselves, with the same defaults, for a bare ``modal deploy``.
 """
 
 # No `from __future__ import annotations`: Modal reads the class parameters' types at run time.
-import math
 import os
 import tempfile
 import time
@@ -33,7 +33,8 @@ import modal
 from dhgq.errors import PermanentError, TransientError
 from dhgq.media.serialize import diarization_to_dict, transcript_from_dict, transcript_to_dict
 from dhgq.media.transcription.chunking import split_at_silences, stitch_chunks
-from dhgq.media.types import Segment, Transcript, Word
+from dhgq.media.transcription.engines import segments_of_openai_result
+from dhgq.media.types import ANY_SPEAKERS, SpeakerCount, Transcript
 
 APP_NAME = "dhgq-gpu"
 GPU = os.environ.get("DHGQ_MODAL_GPU", "A10G")
@@ -153,7 +154,7 @@ class OpenAIWhisper:
         result = self.model.transcribe(
             audio, language=language, word_timestamps=True, fp16=self.device == "cuda", verbose=None
         )
-        segments = [_whisper_segment(segment) for segment in result["segments"]]
+        segments = segments_of_openai_result(result)
         return Transcript(
             text=" ".join(s.text for s in segments if s.text),
             language=result.get("language") or language,
@@ -162,26 +163,6 @@ class OpenAIWhisper:
             engine=self.engine,
             duration_seconds=len(audio) / SAMPLE_RATE,
         )
-
-
-def _whisper_segment(segment: dict[str, Any]) -> Segment:
-    words = [
-        Word(
-            start=round(float(w["start"]), 3),
-            end=round(float(w["end"]), 3),
-            text=str(w["word"]).strip(),
-            probability=round(float(w["probability"]), 4) if w.get("probability") is not None else None,
-        )
-        for w in segment.get("words", [])
-    ]
-    logprob = segment.get("avg_logprob")
-    return Segment(
-        start=round(float(segment["start"]), 3),
-        end=round(float(segment["end"]), 3),
-        text=str(segment["text"]).strip(),
-        confidence=round(math.exp(float(logprob)), 4) if logprob is not None else None,
-        words=words,
-    )
 
 
 def load_transcription_engine(engine: str, model: str, compute_type: str, models_dir: str) -> Any:
@@ -218,16 +199,12 @@ def load_diarization_engine(engine: str) -> Any:
 def run_diarization(
     engine: Any,
     audio: bytes | str,
-    num_speakers: int | None,
-    min_speakers: int | None,
-    max_speakers: int | None,
+    speakers: SpeakerCount,
 ) -> dict[str, Any]:
     """The body of ``Diarizer.diarize``: audio in, the wire dict out."""
     started = time.perf_counter()
     with scratch_wav(fetch_audio(audio)) as path:
-        diarization = engine.diarize(
-            path, num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers
-        )
+        diarization = engine.diarize(path, speakers=speakers)
     return {
         "diarization": diarization_to_dict(diarization),
         "device": device_name(),
@@ -333,11 +310,9 @@ class Diarizer:
     def diarize(
         self,
         audio: bytes | str,
-        num_speakers: int | None = None,
-        min_speakers: int | None = None,
-        max_speakers: int | None = None,
+        speakers: SpeakerCount = ANY_SPEAKERS,
     ) -> dict[str, Any]:
-        return run_diarization(self.diarizer, audio, num_speakers, min_speakers, max_speakers)
+        return run_diarization(self.diarizer, audio, speakers)
 
 
 @app.function(image=cpu_image, timeout=2 * 60 * 60)

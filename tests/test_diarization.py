@@ -28,7 +28,7 @@ from dhgq.media.diarization.audio import normalise_loudness, read_audio
 from dhgq.media.diarization.engines import DiarizationEngine, load_diarizer
 from dhgq.media.diarization.resegment import resegment
 from dhgq.media.diarization.split import SplitCheck, separation, split_merged_speakers
-from dhgq.media.types import Diarization, SpeakerTurn, Transcript
+from dhgq.media.types import Diarization, SpeakerCount, SpeakerTurn, Transcript
 from tests.support.speech import FOUR_SPEAKER_SCRIPT, TWO_SPEAKER_SCRIPT, Reference, dialogue
 
 # -- audio in ------------------------------------------------------------------------------------
@@ -327,8 +327,8 @@ def test_two_speaker_dialogue_from_a_cd_quality_stereo_file(
 
 @pytest.mark.slow
 def test_a_hint_fixes_the_speaker_count(diarizer: DiarizationEngine, four_speakers: Reference) -> None:
-    assert len(diarizer.diarize(four_speakers.audio, num_speakers=4).speakers) == 4
-    assert len(diarizer.diarize(four_speakers.audio, max_speakers=1).speakers) == 1
+    assert len(diarizer.diarize(four_speakers.audio, speakers=SpeakerCount(exact=4)).speakers) == 4
+    assert len(diarizer.diarize(four_speakers.audio, speakers=SpeakerCount(at_most=1)).speakers) == 1
 
 
 @pytest.mark.slow

@@ -16,8 +16,9 @@ import modal.config
 import pytest
 from modal import exception as mx
 
-from dhgq import gpu
+from dhgq import gpu, modal_deploy
 from dhgq.errors import ConfigurationError, PermanentError, TransientError, classify
+from dhgq.media.types import SpeakerCount
 from dhgq.settings import Settings
 
 
@@ -107,15 +108,16 @@ def test_model_paths_cannot_go_to_modal(tmp_path: Path) -> None:
 
 
 def test_deploy_and_check_without_credentials(no_credentials: None) -> None:
-    config = settings(modal_app_name="dhgq-test", modal_gpu="H100", whisper_model="small")
-    command = gpu.deploy_command(config)
+    config = settings(modal_app_name="dhgq-test", modal_gpu="H100", modal_whisper_model="small", modal_max_containers=3)
+    command = modal_deploy.deploy_command(config)
     assert command[command.index("--name") + 1] == "dhgq-test" and command[-1] == "modal_gpu.app"
-    env = gpu.deploy_environment(config)
+    env = modal_deploy.deploy_environment(config)
     assert env["DHGQ_MODAL_GPU"] == "H100" and env["DHGQ_MODAL_WHISPER_MODEL"] == "small"
-    assert (gpu.app_source() / "modal_gpu" / "app.py").is_file()
+    assert env["DHGQ_MODAL_MAX_CONTAINERS"] == "3"
+    assert (modal_deploy.app_source() / "modal_gpu" / "app.py").is_file()
     with pytest.raises(ConfigurationError, match="modal token new"):
-        gpu.deploy(config)
-    results = gpu.check(config)
+        modal_deploy.deploy(config)
+    results = modal_deploy.check(config)
     assert [name for name, _, _ in results] == ["credentials", "deployment", "round trip"]
     assert results[0][1] is False and "modal token new" in results[0][2]
     assert not any(ok for _, ok, _ in results)
@@ -127,7 +129,7 @@ def test_a_missing_deployment_names_dhgq_modal_deploy(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(modal.Cls, "from_name", not_deployed)
     wav = tmp_path / "a.wav"
-    wav.write_bytes(gpu.silent_wav(0.5))
+    wav.write_bytes(modal_deploy.silent_wav(0.5))
     with pytest.raises(ConfigurationError, match="dhgq modal deploy"):
         gpu.ModalBackend(settings()).transcribe(wav, model="tiny.en")
 
@@ -183,7 +185,7 @@ def test_modal_backend_round_trip_in_process(modal_in_process: list[str], dialog
     assert modal_in_process[-1] == "Transcriber" and info["chunks"] == 1
     assert "pipeline" in transcript.text.lower()
 
-    diarization, info = short.diarize(dialogue_wav, num_speakers=2)
+    diarization, info = short.diarize(dialogue_wav, speakers=SpeakerCount(exact=2))
     assert modal_in_process[-1] == "Diarizer" and len(diarization.speakers) == 2
     assert info["backend"] == "modal" and info["model"] == "local" and info["device"] == "cpu"
 
@@ -203,7 +205,7 @@ def test_local_backend_returns_run_metadata(dialogue_wav: Path) -> None:
     assert info["backend"] == "local" and info["gpu"] is None and info["model"] == "tiny.en"
     assert info["duration_s"] > 0
 
-    diarization, info = backend.diarize(dialogue_wav, num_speakers=2)
+    diarization, info = backend.diarize(dialogue_wav, speakers=SpeakerCount(exact=2))
     assert len(diarization.speakers) == 2 and info["backend"] == "local" and info["engine"] == "local"
 
 

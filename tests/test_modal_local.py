@@ -19,6 +19,7 @@ import soundfile as sf
 
 from dhgq.errors import PermanentError, TransientError
 from dhgq.media.serialize import diarization_from_dict, transcript_from_dict
+from dhgq.media.types import SpeakerCount
 from modal_gpu import app
 from tests.support.speech import TWO_SPEAKER_SCRIPT, Reference, dialogue
 
@@ -141,7 +142,7 @@ def test_the_container_openai_whisper_engine_runs_here(tmp_path: Path, talk: Ref
 @pytest.mark.slow
 def test_diarizer_body_runs_through_local(talk: Reference) -> None:
     diarizer = app.Diarizer(engine="local")
-    output = diarizer.diarize.local(talk.audio.read_bytes(), 2, None, None)  # type: ignore[attr-defined]
+    output = diarizer.diarize.local(talk.audio.read_bytes(), SpeakerCount(exact=2))  # type: ignore[attr-defined]
     diarization = diarization_from_dict(output["diarization"])
     assert len(diarization.speakers) == 2 and output["device"] == "cpu"
     assert diarization.turns and all(t.end > t.start for t in diarization.turns)

@@ -12,20 +12,20 @@ app = typer.Typer(no_args_is_help=True, help="GPU offload on Modal: deploy the a
 @app.command()
 def deploy(ctx: typer.Context) -> None:
     """Deploy modal_gpu/app.py under the configured app name and GPU."""
-    from dhgq import gpu
+    from dhgq import modal_deploy
 
     settings = settings_of(ctx)
     stderr.print(f"deploying {settings.modal_app_name} ({settings.modal_gpu}) ...")
-    output = gpu.deploy(settings)
+    output = modal_deploy.deploy(settings)
     stdout.print(output, highlight=False, markup=False)
 
 
 @app.command()
 def check(ctx: typer.Context, json_output: JsonOption = False) -> None:
     """Credentials, deployment and a tiny round trip; exit 1 when any fails."""
-    from dhgq import gpu
+    from dhgq import modal_deploy
 
-    results = gpu.check(settings_of(ctx))
+    results = modal_deploy.check(settings_of(ctx))
     if json_output:
         emit_json([{"check": name, "ok": ok, "detail": detail} for name, ok, detail in results])
     else:

@@ -3,6 +3,7 @@ pipeline stores them in ``result`` columns and the GPU backend ships them over t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,3 +84,28 @@ class Summary:
     document_type: str
     method: str  # "claude" or "extractive"
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SpeakerCount:
+    """What is known of how many people speak: exactly ``exact``, or from ``at_least`` to ``at_most``.
+
+    One type for the hint, from a request's options to the diarizer (local, pyannote or on Modal).
+    """
+
+    exact: int | None = None
+    at_least: int | None = None
+    at_most: int | None = None
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> SpeakerCount:
+        """From a request's options (num_speakers, min_speakers, max_speakers), already checked."""
+
+        def number(name: str) -> int | None:
+            value = options.get(name)
+            return None if value is None else int(value)
+
+        return cls(number("num_speakers"), number("min_speakers"), number("max_speakers"))
+
+
+ANY_SPEAKERS = SpeakerCount()

@@ -8,21 +8,20 @@ import psycopg
 from procrastinate import JobContext
 from psycopg.types.json import Jsonb
 
-from dhgq.app import app, retry_strategy
+from dhgq import gpu
+from dhgq.app import app
 from dhgq.media.serialize import diarization_to_dict
-from dhgq.media.types import Diarization
+from dhgq.media.types import Diarization, SpeakerCount
 from dhgq.pipeline import Resources, Source, StageJob, StageSpec, run_on_extracted_audio, run_stage
 from dhgq.queries import query
 from dhgq.tasks import job_of
 from dhgq.tasks.fanin import after_transcription_or_diarization
 
-SPEAKER_HINTS = ("num_speakers", "min_speakers", "max_speakers")
-
 
 def work(resources: Resources, source: Source, job: StageJob) -> tuple[Diarization, dict[str, Any]]:
-    """The request's speaker counts, when it gave them, steer the clustering."""
-    hints = {name: int(source.options[name]) for name in SPEAKER_HINTS if source.options.get(name) is not None}
-    return run_on_extracted_audio(resources, source, job, "dhgq.engines:diarize", **hints)
+    """The request's speaker count, when it gave one, steers the clustering."""
+    speakers = SpeakerCount.from_options(source.options)
+    return run_on_extracted_audio(resources, source, job, gpu.diarize, speakers=speakers)
 
 
 def save(conn: psycopg.Connection, source: Source, output: tuple[Diarization, dict[str, Any]]) -> dict[str, Any]:
@@ -52,7 +51,7 @@ def save(conn: psycopg.Connection, source: Source, output: tuple[Diarization, di
 SPEC = StageSpec("diarization", work, save, after_transcription_or_diarization, lock_with=("transcription",))
 
 
-@app.task(name="dhgq.diarization", queue="diarization", pass_context=True, retry=retry_strategy())
+@app.task(name="dhgq.diarization", queue="diarization", pass_context=True)
 def diarization(context: JobContext, source_id: str) -> None:
     resources, job = job_of(context, "diarization", source_id)
     run_stage(resources, SPEC, job)

@@ -9,7 +9,7 @@ import psycopg
 from procrastinate import JobContext
 from psycopg.types.json import Jsonb
 
-from dhgq.app import app, retry_strategy
+from dhgq.app import app
 from dhgq.errors import PermanentError
 from dhgq.media.extraction.extract import extract_audio
 from dhgq.media.types import ExtractionResult
@@ -63,7 +63,7 @@ def then(conn: psycopg.Connection, source: Source, rows: StageRows) -> None:
 SPEC = StageSpec("extraction", work, save, then)
 
 
-@app.task(name="dhgq.extraction", queue="extraction", pass_context=True, retry=retry_strategy())
+@app.task(name="dhgq.extraction", queue="extraction", pass_context=True)
 def extraction(context: JobContext, source_id: str) -> None:
     resources, job = job_of(context, "extraction", source_id)
     run_stage(resources, SPEC, job)

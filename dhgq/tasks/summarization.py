@@ -10,7 +10,7 @@ from procrastinate import JobContext
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from dhgq.app import app, retry_strategy
+from dhgq.app import app
 from dhgq.errors import PermanentError
 from dhgq.media.serialize import transcript_from_dict
 from dhgq.media.summarization.extractive import summarize_extractive
@@ -73,7 +73,7 @@ def then(conn: psycopg.Connection, source: Source, rows: StageRows) -> None:
 SPEC = StageSpec("summarization", work, save, then)
 
 
-@app.task(name="dhgq.summarization", queue="summarization", pass_context=True, retry=retry_strategy())
+@app.task(name="dhgq.summarization", queue="summarization", pass_context=True)
 def summarization(context: JobContext, source_id: str) -> None:
     resources, job = job_of(context, "summarization", source_id)
     run_stage(resources, SPEC, job)

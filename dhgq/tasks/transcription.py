@@ -8,7 +8,8 @@ import psycopg
 from procrastinate import JobContext
 from psycopg.types.json import Jsonb
 
-from dhgq.app import app, retry_strategy
+from dhgq import gpu
+from dhgq.app import app
 from dhgq.media.serialize import transcript_to_dict
 from dhgq.media.types import Transcript
 from dhgq.pipeline import Resources, Source, StageJob, StageSpec, run_on_extracted_audio, run_stage
@@ -23,7 +24,7 @@ def work(resources: Resources, source: Source, job: StageJob) -> tuple[Transcrip
         resources,
         source,
         job,
-        "dhgq.engines:transcribe",
+        gpu.transcribe,
         model=source.options.get("model"),
         language=source.options.get("language"),
     )
@@ -81,7 +82,7 @@ def _one(conn: psycopg.Connection, sql: str, params: dict[str, Any]) -> Any:
 SPEC = StageSpec("transcription", work, save, after_transcription_or_diarization, lock_with=("diarization",))
 
 
-@app.task(name="dhgq.transcription", queue="transcription", pass_context=True, retry=retry_strategy())
+@app.task(name="dhgq.transcription", queue="transcription", pass_context=True)
 def transcription(context: JobContext, source_id: str) -> None:
     resources, job = job_of(context, "transcription", source_id)
     run_stage(resources, SPEC, job)

@@ -16,7 +16,7 @@ import numpy as np
 
 from dhgq.errors import ConfigurationError, PermanentError
 from dhgq.media.speakers import relabel_speakers
-from dhgq.media.types import Diarization, SpeakerTurn
+from dhgq.media.types import ANY_SPEAKERS, Diarization, SpeakerCount, SpeakerTurn
 
 PYANNOTE_MODEL = "pyannote/speaker-diarization-3.1"
 ENGINES = ("local", "pyannote")
@@ -32,9 +32,7 @@ class DiarizationEngine(Protocol):
         self,
         wav_path: str | Path,
         *,
-        num_speakers: int | None = None,
-        min_speakers: int | None = None,
-        max_speakers: int | None = None,
+        speakers: SpeakerCount = ANY_SPEAKERS,
     ) -> Diarization: ...
 
 
@@ -93,31 +91,29 @@ class PyannoteEngine:
         self,
         wav_path: str | Path,
         *,
-        num_speakers: int | None = None,
-        min_speakers: int | None = None,
-        max_speakers: int | None = None,
+        speakers: SpeakerCount = ANY_SPEAKERS,
     ) -> Diarization:
         if not Path(wav_path).is_file():
             raise PermanentError(f"audio file not found: {wav_path}", file=str(wav_path))
         output = self.pipeline(
             str(wav_path),
-            num_speakers=num_speakers,
-            min_speakers=min_speakers,
-            max_speakers=max_speakers,
+            num_speakers=speakers.exact,
+            min_speakers=speakers.at_least,
+            max_speakers=speakers.at_most,
             return_embeddings=True,
         )
         annotation, embeddings = _unpack(output)
-        speakers = [str(label) for label in annotation.labels()]
+        labels = [str(label) for label in annotation.labels()]
         turns = [
             SpeakerTurn(round(float(segment.start), 3), round(float(segment.end), 3), str(label))
             for segment, _, label in annotation.itertracks(yield_label=True)
         ]
         vectors = {
             s: [float(x) for x in v]
-            for s, v in zip(speakers, embeddings, strict=False)
+            for s, v in zip(labels, embeddings, strict=False)
             if not np.isnan(np.asarray(v, dtype=float)).any()
         }
-        raw = Diarization(turns=turns, speakers=speakers, embeddings=vectors, engine=self.name)
+        raw = Diarization(turns=turns, speakers=labels, embeddings=vectors, engine=self.name)
         return relabel_speakers(raw)
 
 

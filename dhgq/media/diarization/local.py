@@ -31,7 +31,7 @@ from dhgq.media.diarization.audio import SAMPLE_RATE, normalise_loudness, read_a
 from dhgq.media.diarization.models import SegmentationModel, SpeakerEmbedder
 from dhgq.media.diarization.resegment import resegment
 from dhgq.media.diarization.split import SplitCheck, split_merged_speakers
-from dhgq.media.types import Diarization, SpeakerTurn
+from dhgq.media.types import ANY_SPEAKERS, Diarization, SpeakerCount, SpeakerTurn
 
 FEATURE_STEP = 0.02  # CAM++ frame-level features: 10 ms fbank frames, stride 2
 FEATURE_START = 0.0125
@@ -84,14 +84,10 @@ class LocalDiarizer:
         self,
         wav_path: str | Path,
         *,
-        num_speakers: int | None = None,
-        min_speakers: int | None = None,
-        max_speakers: int | None = None,
+        speakers: SpeakerCount = ANY_SPEAKERS,
     ) -> Diarization:
         audio = normalise_loudness(read_audio(wav_path))
-        return self.decide(
-            self.analyse(audio), num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers
-        )
+        return self.decide(self.analyse(audio), speakers=speakers)
 
     def analyse(self, audio: np.ndarray) -> Analysis:
         if len(audio) < MIN_SAMPLES:  # too short for the embedding network's convolutions
@@ -106,9 +102,7 @@ class LocalDiarizer:
         self,
         analysis: Analysis,
         *,
-        num_speakers: int | None = None,
-        min_speakers: int | None = None,
-        max_speakers: int | None = None,
+        speakers: SpeakerCount = ANY_SPEAKERS,
     ) -> Diarization:
         cfg, activity, embeddings = self.config, analysis.activity, analysis.embeddings
         active = (activity.sum(axis=1) > 0) & ~np.isnan(embeddings).any(axis=2)
@@ -122,9 +116,9 @@ class LocalDiarizer:
             embeddings[seeds],
             threshold=cfg.threshold,
             min_cluster_size=cfg.min_cluster_size,
-            num_clusters=num_speakers,
-            min_clusters=min_speakers or 1,
-            max_clusters=max_speakers,
+            num_clusters=speakers.exact,
+            min_clusters=speakers.at_least or 1,
+            max_clusters=speakers.at_most,
             min_cluster_fraction=cfg.min_cluster_fraction,
         )
         centroids = clustering.centroids_of(embeddings[seeds], labels)
@@ -132,8 +126,8 @@ class LocalDiarizer:
         binary = self._reconstruct(analysis.posteriors, hard, len(centroids), analysis.duration)
         if cfg.reseg_span > 0:
             binary = self._resegment(binary, analysis.features)
-        if cfg.split_check is not None and num_speakers is None:
-            binary, profiles = self._split(binary, analysis.features, max_speakers)
+        if cfg.split_check is not None and speakers.exact is None:
+            binary, profiles = self._split(binary, analysis.features, speakers.at_most)
             if profiles:
                 added = np.zeros((binary.shape[1] - len(centroids), centroids.shape[1]))
                 centroids = np.concatenate([centroids, added])

@@ -150,25 +150,38 @@ class OpenAIWhisperEngine:
             best_of=BEAM_SIZE,
             verbose=None,
         )
-        segments = [
-            Segment(
-                start=_seconds(piece["start"]),
-                end=_seconds(piece["end"]),
-                text=str(piece["text"]).strip(),
-                confidence=round(math.exp(float(piece["avg_logprob"])), 4),
-                words=[
-                    Word(
-                        _seconds(w["start"]),
-                        _seconds(w["end"]),
-                        str(w["word"]).strip(),
-                        round(float(w["probability"]), 4),
-                    )
-                    for w in piece.get("words", [])
-                ],
-            )
-            for piece in result["segments"]
-        ]
+        segments = segments_of_openai_result(result)
         return Transcript(join_text(segments), result.get("language"), segments, self.model_name, self.name, duration)
+
+
+def segments_of_openai_result(result: dict[str, Any]) -> list[Segment]:
+    """openai-whisper's ``transcribe()`` result as dhgq's segments (here and in the Modal app)."""
+    return [
+        Segment(
+            start=_seconds(piece["start"]),
+            end=_seconds(piece["end"]),
+            text=str(piece["text"]).strip(),
+            confidence=_probability(math.exp(float(piece["avg_logprob"])))
+            if piece.get("avg_logprob") is not None
+            else None,
+            words=[
+                Word(
+                    _seconds(w["start"]), _seconds(w["end"]), str(w["word"]).strip(), _probability(w.get("probability"))
+                )
+                for w in piece.get("words", [])
+            ],
+        )
+        for piece in result["segments"]
+    ]
+
+
+def _probability(value: Any) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
+def _confidence(avg_logprob: Any) -> float | None:
+    """A segment's mean token probability, from the mean log-probability Whisper reports."""
+    return None if avg_logprob is None else _probability(math.exp(float(avg_logprob)))
 
 
 @lru_cache(maxsize=4)
