@@ -5,21 +5,14 @@ that reading the notifications does not share the bench process's GIL."""
 from __future__ import annotations
 
 import sys
-import time
 
-import psycopg
-
-REGISTER_EVERY = 10.0  # seconds; a registration lapses after 30
+from dhgq.status import follow_stages
 
 
 def listen_forever(url: str) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
+    with follow_stages(url) as changes:
         while True:
-            conn.execute("SELECT dhgq.listen_stages_v1()")
-            until = time.monotonic() + REGISTER_EVERY
-            while time.monotonic() < until:
-                for _ in conn.notifies(timeout=1.0):
-                    pass
+            changes.wait(1.0)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TypeVar
 
 import psycopg
@@ -85,15 +83,6 @@ def connect(
     except psycopg.Error as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise DatabaseUnavailable(f"cannot connect to the database at {describe_host(url)}: {reason}") from None
-
-
-@contextmanager
-def connection(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
-    conn = connect(url, autocommit=autocommit)
-    try:
-        yield conn
-    finally:
-        conn.close()
 
 
 Row = TypeVar("Row")

@@ -1,11 +1,13 @@
 """Modal deploy tooling: ``dhgq modal deploy`` and ``dhgq modal check``.
 
 Runtime dispatch (which backend runs a stage, and how Modal's errors are classified) is in
-``dhgq.gpu``; this module only deploys the app of ``modal_gpu/app.py`` and checks that it answers.
+``dhgq.gpu``; this module only deploys the app of ``modal_gpu/app.py`` (a package of dhgq's wheel, so an
+installed dhgq deploys without a checkout) and checks that it answers.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import subprocess
 import sys
@@ -20,11 +22,18 @@ APP_MODULE = "modal_gpu.app"
 
 
 def app_source() -> Path:
-    """The repository root that holds ``modal_gpu/app.py``."""
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "modal_gpu" / "app.py").is_file():
-        raise ConfigurationError(f"no modal_gpu/app.py under {root}: deploy from a dhgq source checkout")
-    return root
+    """The ``sys.path`` directory that holds the ``modal_gpu`` package: site-packages, or a source checkout.
+
+    ``modal deploy -m modal_gpu.app`` imports the app by module name, so it deploys from a wheel as well as
+    from a checkout; it runs in this directory so that the same copy is found there.
+    """
+    spec = importlib.util.find_spec("modal_gpu")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        if (Path(location) / "app.py").is_file():
+            return Path(location).resolve().parent
+    where = f" (found at {', '.join(locations)})" if locations else ""
+    raise ConfigurationError(f"no modal_gpu/app.py importable{where}: reinstall dhgq, whose wheel ships it")
 
 
 def deploy_command(settings: Settings) -> list[str]:

@@ -1,4 +1,5 @@
-"""Sources: media files added to the pipeline, and finding a source again by id, prefix or name.
+"""Sources: media files added to the pipeline, finding a source again by id, prefix or name, and
+starting, retrying or cancelling its pipeline (the same SQL functions the triggers use).
 
 Adding a file is one INSERT through the named query ``insert_source``: the table's trigger queues
 extraction in the same transaction, exactly as when a psql or supabase-py user inserts the row.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ class AmbiguousSource(PermanentError):
 
 @dataclass
 class Added:
-    """One file handed to ``add_files``: the new source, or the one that already had its content."""
+    """One file handed to ``add_file``: the new source, or the one that already had its content."""
 
     path: Path
     source_id: str
@@ -113,19 +114,19 @@ def add_file(
     return Added(path, str(row[0]), True, size)
 
 
-def add_files(
-    conn: psycopg.Connection,
-    files: list[Path],
-    *,
-    origin: str = "dhgq",
-    options: dict[str, Any] | None = None,
-    on_added: Callable[[Added], None] | None = None,
-) -> Iterator[Added]:
-    for path in files:
-        added = add_file(conn, path, origin=origin, options=options)
-        if on_added:
-            on_added(added)
-        yield added
+def start(conn: psycopg.Connection, source_id: str) -> None:
+    """Start the source's pipeline from the top (a no-op while a run is in flight)."""
+    conn.execute(query("start_pipeline"), {"source_id": source_id})
+
+
+def retry(conn: psycopg.Connection, source_id: str) -> int:
+    """Queue the source's failed stages again; how many were queued."""
+    return int(one(conn.execute(query("retry_source"), {"source_id": source_id}))[0] or 0)
+
+
+def cancel(conn: psycopg.Connection, source_id: str) -> int:
+    """Cancel the source's queued and running stages; how many."""
+    return int(one(conn.execute(query("cancel_source"), {"source_id": source_id}))[0] or 0)
 
 
 def resolve(conn: psycopg.Connection, ref: str) -> dict[str, Any]:

@@ -17,12 +17,11 @@ from rich.table import Table
 
 from dhgq import logs, migrations, sample, sources
 from dhgq.cli.common import JsonOption, emit_json, fail, seconds, settings_of, stderr, stdout
-from dhgq.db import connect, database_url, mask_url, one
+from dhgq.db import connect, database_url, mask_url
 from dhgq.errors import ConfigurationError, DhgqError
 from dhgq.media.export import timestamp
-from dhgq.queries import query
 from dhgq.settings import Settings
-from dhgq.tui.snapshot import SourceDetail, fetch_detail, fetch_sources
+from dhgq.status import SourceDetail, fetch_detail, fetch_sources, next_retry_in
 
 DONE = {"completed", "failed"}
 
@@ -77,10 +76,10 @@ def _queue(conn: psycopg.Connection, path: Path, say: Callable[[str], object]) -
     row = fetch_sources(conn, [added.source_id])[0]
     note = "added" if added.created else f"already known ({row.state})"
     if not added.created and row.state == "failed":
-        conn.execute(query("retry_source"), {"source_id": added.source_id})
+        sources.retry(conn, added.source_id)
         note += ", failed stages queued again"
     elif not added.created and row.state == "not started":
-        conn.execute(query("start_pipeline"), {"source_id": added.source_id})
+        sources.start(conn, added.source_id)
     say(f"source {added.source_id} {note}: {path}")
     return added.source_id
 
@@ -97,7 +96,7 @@ def _run_worker(conn: psycopg.Connection, settings: Settings, url: str, source_i
         _drain(conn, settings, url, source_id, quiet=quiet)
         if fetch_sources(conn, [source_id])[0].state in DONE:
             return
-        wait = one(conn.execute(query("cli_next_retry_in"), {"source_id": source_id}))[0]
+        wait = next_retry_in(conn, source_id)
         if wait is None:
             return
         if not quiet:

@@ -10,7 +10,6 @@ from typing import Annotated, Any
 
 import psycopg
 import typer
-from psycopg.rows import dict_row
 from rich import box
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
@@ -18,21 +17,25 @@ from rich.table import Table
 
 from dhgq import sources
 from dhgq.cli.common import JsonOption, connected, emit_json, fail, seconds, settings_of, stderr, stdout, when
-from dhgq.db import connect, database_url, one
+from dhgq.db import database_url
 from dhgq.errors import PermanentError
 from dhgq.media.export import FORMATS, render
-from dhgq.queries import LISTEN_RENEW_SECONDS, query
 from dhgq.settings import STAGES
-from dhgq.tui.cells import stage_cell, state_text
-from dhgq.tui.snapshot import (
+from dhgq.status import (
     QueueSnapshot,
     SourceDetail,
     SourceRow,
+    dead_letter_sources,
+    fetch_dead_letter,
     fetch_detail,
     fetch_documents,
+    fetch_jobs,
     fetch_snapshot,
     fetch_sources,
+    follow_stages,
+    live_workers,
 )
+from dhgq.status_text import stage_cell, state_text
 
 
 class StatusChoice(StrEnum):
@@ -148,9 +151,6 @@ def follow(
 ) -> list[SourceRow]:
     """Show each source's progress until every pipeline has ended; woken by NOTIFY, polling as fallback."""
     settings = settings_of(ctx)
-    listener = connect(database_url(settings), autocommit=True, timeout=settings.db_connect_timeout)
-    listener.execute(query("listen_stages"))
-    registered = time.monotonic()
     deadline = time.monotonic() + timeout if timeout else None
     columns = (
         TextColumn("{task.description}"),
@@ -158,36 +158,29 @@ def follow(
         TaskProgressColumn(),
         TextColumn("{task.fields[state]}"),
     )
-    try:
-        _warn_without_workers(conn, settings.stalled_after, quiet)
-        with Progress(*columns, console=stderr, disable=quiet) as progress:
-            tasks = {i: progress.add_task(i[:8], total=100, state="") for i in ids}
-            while True:
-                rows = fetch_sources(conn, ids)
-                for row in rows:
-                    progress.update(
-                        tasks[row.source_id],
-                        completed=row.progress,
-                        state=_stage_label(row),
-                        description=row.name[:30],
-                    )
-                if all(row.state in DONE for row in rows) or (deadline and time.monotonic() > deadline):
-                    break
-                if time.monotonic() - registered > LISTEN_RENEW_SECONDS:
-                    listener.execute(query("listen_stages"))  # the stage trigger notifies while renewed
-                    registered = time.monotonic()
-                for _ in listener.notifies(timeout=2.0, stop_after=1):
-                    pass
-    finally:
-        listener.close()
+    _warn_without_workers(conn, settings.stalled_after, quiet)
+    url = database_url(settings)
+    with (
+        follow_stages(url, timeout=settings.db_connect_timeout) as changes,
+        Progress(*columns, console=stderr, disable=quiet) as progress,
+    ):
+        tasks = {i: progress.add_task(i[:8], total=100, state="") for i in ids}
+        while True:
+            rows = fetch_sources(conn, ids)
+            for row in rows:
+                progress.update(
+                    tasks[row.source_id], completed=row.progress, state=_stage_label(row), description=row.name[:30]
+                )
+            if all(row.state in DONE for row in rows) or (deadline and time.monotonic() > deadline):
+                break
+            changes.wait(2.0)  # woken by a stage change; reads again after 2 s without one
     if deadline and not all(row.state in DONE for row in rows):
         raise fail(f"timed out after {timeout:.0f}s; the sources keep going (dhgq status)")
     return rows
 
 
 def _warn_without_workers(conn: psycopg.Connection, stalled_after: float, quiet: bool) -> None:
-    live = conn.execute(query("cli_live_workers"), {"stalled_after": stalled_after}).fetchone()
-    if not quiet and live and not live[0]:
+    if not quiet and not live_workers(conn, stalled_after):
         stderr.print("[yellow]no live worker:[/yellow] start one with `dhgq worker` (waiting)")
 
 
@@ -284,17 +277,8 @@ def jobs(
 ) -> None:
     """Stage jobs across sources, with attempts, durations and errors."""
     with connected(ctx) as conn:
-        rows = (
-            conn.cursor(row_factory=dict_row)
-            .execute(
-                query("cli_jobs"),
-                {
-                    "status": status.value if status else None,
-                    "stage": stage.value if stage else None,
-                    "limit": limit,
-                },
-            )
-            .fetchall()
+        rows = fetch_jobs(
+            conn, status=status.value if status else None, stage=stage.value if stage else None, limit=limit
         )
     if json_output:
         return emit_json([_plain(r) for r in rows])
@@ -317,7 +301,7 @@ def jobs(
 def dead_letter(ctx: typer.Context, json_output: JsonOption = False) -> None:
     """What failed for good (permanent errors, or retries used up), with why."""
     with connected(ctx) as conn:
-        rows = conn.cursor(row_factory=dict_row).execute(query("cli_dead_letter")).fetchall()
+        rows = fetch_dead_letter(conn)
     if json_output:
         return emit_json([_plain(r) for r in rows])
     if not rows:
@@ -348,10 +332,10 @@ def retry(
         raise typer.BadParameter("give a SOURCE or --all-failed (not both)")
     with connected(ctx) as conn:
         if all_failed:
-            ids = [str(r[0]) for r in conn.execute(query("cli_dead_letter_sources"))]
+            ids = dead_letter_sources(conn)
         else:
             ids = [str(sources.resolve(conn, source or "")["id"])]
-        queued = {i: one(conn.execute(query("retry_source"), {"source_id": i}))[0] for i in ids}
+        queued = {i: sources.retry(conn, i) for i in ids}
     _report("retried", queued, json_output, "queued {n} stage(s) again for {id}", "nothing failed for {id}")
 
 
@@ -359,7 +343,7 @@ def cancel(ctx: typer.Context, source: SourceArgument, json_output: JsonOption =
     """Cancel a source's queued and running stages (running ones are asked to abort)."""
     with connected(ctx) as conn:
         found = str(sources.resolve(conn, source)["id"])
-        cancelled = {found: one(conn.execute(query("cancel_source"), {"source_id": found}))[0]}
+        cancelled = {found: sources.cancel(conn, found)}
     _report("cancelled", cancelled, json_output, "cancelled {n} stage(s) of {id}", "nothing to cancel for {id}")
 
 

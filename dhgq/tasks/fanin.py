@@ -18,6 +18,7 @@ from dhgq.media.serialize import diarization_from_dict, transcript_from_dict, tr
 from dhgq.media.speakers import assign_speakers
 from dhgq.pipeline import Source, StageRows, enqueue
 from dhgq.queries import query
+from dhgq.tasks.segments import replace_segments
 
 
 def after_transcription_or_diarization(conn: psycopg.Connection, source: Source, rows: StageRows) -> None:
@@ -41,25 +42,9 @@ def merge_speakers(conn: psycopg.Connection, source: Source, diarization_result:
         {"document_id": document["id"], "processed_content": Jsonb(transcript_to_dict(labelled))},
     )
     speaker_ids = {r["label"]: r["id"] for r in cur.execute(query("speakers"), {"source_id": source.id})}
-    conn.execute(query("delete_segments"), {"document_id": document["id"]})
+    replace_segments(conn, document["id"], labelled.segments, speaker_ids)
     seconds: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
-    with conn.cursor() as writer:
-        writer.executemany(
-            query("insert_segment"),
-            [
-                {
-                    "document_id": document["id"],
-                    "start": s.start,
-                    "end": s.end,
-                    "text": s.text.strip(),
-                    "speaker_id": speaker_ids.get(s.speaker or ""),
-                    "confidence": s.confidence,
-                    "metadata": Jsonb({"speaker": s.speaker, "words": [w.__dict__ for w in s.words]}),
-                }
-                for s in labelled.segments
-            ],
-        )
     for segment in labelled.segments:
         if segment.speaker:
             seconds[segment.speaker] += segment.end - segment.start

@@ -16,6 +16,7 @@ from dhgq.pipeline import Resources, Source, StageJob, StageSpec, run_on_extract
 from dhgq.queries import query
 from dhgq.tasks import job_of
 from dhgq.tasks.fanin import after_transcription_or_diarization
+from dhgq.tasks.segments import replace_segments
 
 
 def work(resources: Resources, source: Source, job: StageJob) -> tuple[Transcript, dict[str, Any]]:
@@ -47,23 +48,7 @@ def save(conn: psycopg.Connection, source: Source, output: tuple[Transcript, dic
             "ai_processing_details": Jsonb({"engine": transcript.engine, **run}),
         },
     )
-    conn.execute(query("delete_segments"), {"document_id": document_id})
-    with conn.cursor() as cur:
-        cur.executemany(
-            query("insert_segment"),
-            [
-                {
-                    "document_id": document_id,
-                    "start": s.start,
-                    "end": s.end,
-                    "text": s.text.strip(),
-                    "speaker_id": None,
-                    "confidence": s.confidence,
-                    "metadata": Jsonb({"words": [w.__dict__ for w in s.words]}),
-                }
-                for s in transcript.segments
-            ],
-        )
+    replace_segments(conn, document_id, transcript.segments)
     return {
         "document_id": str(document_id),
         "segments": len(transcript.segments),

@@ -21,8 +21,8 @@ from textual.worker import get_current_worker
 
 from dhgq.db import mask_url
 from dhgq.settings import Settings
+from dhgq.status import QueueSnapshot, SourceDetail
 from dhgq.tui.backend import Backend, PostgresBackend
-from dhgq.tui.snapshot import QueueSnapshot, SourceDetail
 from dhgq.tui.widgets import DetailView, SourceFilter, SourcesTable, StagePanel, StatusHeader
 
 

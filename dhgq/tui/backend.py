@@ -12,9 +12,9 @@ from typing import Protocol
 
 import psycopg
 
+from dhgq import sources
 from dhgq.db import connect
-from dhgq.queries import LISTEN_RENEW_SECONDS, query
-from dhgq.tui.snapshot import QueueSnapshot, SourceDetail, fetch_detail, fetch_snapshot
+from dhgq.status import QueueSnapshot, SourceDetail, fetch_detail, fetch_snapshot, follow_stages
 
 
 class Backend(Protocol):
@@ -49,30 +49,22 @@ class PostgresBackend:
     def detail(self, source_id: str) -> SourceDetail | None:
         return fetch_detail(self._reader(), source_id)
 
-    def _call(self, name: str, source_id: str) -> int:
-        with connect(self.url, autocommit=True, timeout=self.timeout) as conn:
-            row = conn.execute(query(name), {"source_id": source_id}).fetchone()
-        return int(row[0] or 0) if row else 0
-
     def retry(self, source_id: str) -> int:
-        return self._call("retry_source", source_id)
+        with connect(self.url, autocommit=True, timeout=self.timeout) as conn:
+            return sources.retry(conn, source_id)
 
     def cancel(self, source_id: str) -> int:
-        return self._call("cancel_source", source_id)
+        with connect(self.url, autocommit=True, timeout=self.timeout) as conn:
+            return sources.cancel(conn, source_id)
 
     def listen(self, changed: Callable[[], object], stopped: Callable[[], bool]) -> None:
-        """Call ``changed`` on every NOTIFY on dhgq_stages until ``stopped``; reconnect after errors."""
+        """Call ``changed`` on every stage change until ``stopped``; reconnect after errors."""
         while not stopped():
             try:
-                with connect(self.url, autocommit=True, timeout=self.timeout) as conn:
-                    registered = 0.0
+                with follow_stages(self.url, timeout=self.timeout) as changes:
                     while not stopped():
-                        if time.monotonic() - registered > LISTEN_RENEW_SECONDS:
-                            conn.execute(query("listen_stages"))  # the trigger notifies while renewed
-                            registered = time.monotonic()
-                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                        if changes.wait(0.5):
                             changed()
-                    conn.execute(query("unlisten_stages"))
             except (psycopg.Error, OSError):
                 time.sleep(1.0)
 

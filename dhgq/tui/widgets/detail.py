@@ -9,8 +9,8 @@ from rich.text import Text
 from textual.widgets import Static
 
 from dhgq.media.export import timestamp
-from dhgq.tui.cells import progress_bar, state_text
-from dhgq.tui.snapshot import SourceDetail
+from dhgq.status import SourceDetail
+from dhgq.status_text import progress_bar, state_text
 
 
 def took(seconds: float | None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from dhgq.tui.snapshot import QueueSnapshot
+from dhgq.status import QueueSnapshot
 
 
 class StatusHeader(Static):

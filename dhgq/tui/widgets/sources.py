@@ -9,8 +9,8 @@ from textual.binding import Binding
 from textual.widgets import DataTable
 
 from dhgq.settings import STAGES
-from dhgq.tui.cells import progress_bar, stage_cell, state_text
-from dhgq.tui.snapshot import SourceRow
+from dhgq.status import SourceRow
+from dhgq.status_text import progress_bar, stage_cell, state_text
 
 COLUMNS = (
     ("source", "name", 18),

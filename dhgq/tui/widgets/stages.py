@@ -6,7 +6,7 @@ from rich import box
 from rich.table import Table
 from textual.widgets import Static
 
-from dhgq.tui.snapshot import StageCount
+from dhgq.status import StageCount
 
 
 class StagePanel(Static):

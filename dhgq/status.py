@@ -1,23 +1,28 @@
-"""What the queue looks like at one moment, read in one go: the monitor's and ``dhgq status``'s model.
+"""The read model both front ends share: what the queue looks like at one moment, and its changes.
 
-Plain frozen dataclasses built by pure fetch functions on a connection, so widgets only render
-them and tests can build them by hand (with a fixed ``taken_at`` as the clock).
+Plain frozen dataclasses built by pure fetch functions on a connection, so the CLI's tables and
+the monitor's widgets only render them and tests can build them by hand (with a fixed
+``taken_at`` as the clock). ``follow_stages`` is the one LISTEN-and-renew loop the CLI
+(``process --wait``), the monitor and the benchmarks' stand-in monitor use.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
-from dhgq.db import one
+from dhgq.db import connect, one
 from dhgq.media.export import display_speaker, labelled_segments, merge_turns
-from dhgq.media.serialize import diarization_from_dict, transcript_from_dict
+from dhgq.media.serialize import diarization_from_dict, summary_from_dict, transcript_from_dict
 from dhgq.media.types import Diarization, Summary, Transcript
-from dhgq.queries import query
+from dhgq.queries import LISTEN_RENEW_SECONDS, query
 from dhgq.settings import STAGES
 
 
@@ -144,7 +149,7 @@ def fetch_documents(conn: psycopg.Connection, source_id: str) -> Documents:
         if transcript and transcript["processed_content"]
         else None,
         diarization_from_dict(turns["diarization"]) if turns and turns["diarization"] else None,
-        _summary(summary["processed_content"]) if summary and summary["processed_content"] else None,
+        summary_from_dict(summary["processed_content"]) if summary and summary["processed_content"] else None,
     )
 
 
@@ -166,27 +171,13 @@ def excerpt(documents: Documents, turns: int = 6) -> tuple[Line, ...]:
     return tuple(Line(round(t.start, 2), display_speaker(t.speaker), t.text) for t in merged[:turns])
 
 
-def _summary(content: dict[str, Any]) -> Summary:
-    return Summary(
-        summary=content.get("summary", ""),
-        key_points=list(content.get("key_points", [])),
-        topics=list(content.get("topics", [])),
-        document_type=content.get("document_type", ""),
-        method=content.get("method", ""),
-        details=dict(content.get("details", {})),
-    )
-
-
 def _summary_dict(summary: Summary | None) -> dict[str, Any] | None:
+    """What the detail views show of a summary (its run details stay in the stage row)."""
     if summary is None:
         return None
-    return {
-        "summary": summary.summary,
-        "key_points": summary.key_points,
-        "topics": summary.topics,
-        "document_type": summary.document_type,
-        "method": summary.method,
-    }
+    shown = asdict(summary)
+    del shown["details"]
+    return shown
 
 
 def _source_row(row: dict[str, Any]) -> SourceRow:
@@ -204,3 +195,62 @@ def _source_row(row: dict[str, Any]) -> SourceRow:
         duration_seconds=float(duration) if duration is not None else None,
         updated_at=row.get("updated_at"),
     )
+
+
+def fetch_jobs(
+    conn: psycopg.Connection, *, status: str | None = None, stage: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Stage rows across sources with their Procrastinate job's status, newest first."""
+    cur = conn.cursor(row_factory=dict_row)
+    return cur.execute(query("cli_jobs"), {"status": status, "stage": stage, "limit": limit}).fetchall()
+
+
+def fetch_dead_letter(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """What failed for good (permanent errors, or retries used up), with why."""
+    return conn.cursor(row_factory=dict_row).execute(query("cli_dead_letter")).fetchall()
+
+
+def dead_letter_sources(conn: psycopg.Connection) -> list[str]:
+    return [str(row[0]) for row in conn.execute(query("cli_dead_letter_sources"))]
+
+
+def live_workers(conn: psycopg.Connection, stalled_after: float) -> int:
+    """Workers whose heartbeat is recent."""
+    row = one(conn.cursor(row_factory=dict_row).execute(query("cli_live_workers"), {"stalled_after": stalled_after}))
+    return int(row["workers"])
+
+
+def next_retry_in(conn: psycopg.Connection, source_id: str) -> float | None:
+    """Seconds until the source's next waiting job may run (a retry backs off); None when none waits."""
+    return one(conn.execute(query("cli_next_retry_in"), {"source_id": source_id}))[0]
+
+
+class StageChanges:
+    """A connection LISTENing on dhgq_stages, whose registration it renews while it is used.
+
+    The stage trigger NOTIFYs only while a registration made by ``dhgq.listen_stages_v1()`` is
+    fresh (30 s): ``wait`` renews it every LISTEN_RENEW_SECONDS.
+    """
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        self._registered = float("-inf")
+
+    def wait(self, seconds: float) -> bool:
+        """Block until a stage changes (True) or ``seconds`` pass (False)."""
+        if time.monotonic() - self._registered > LISTEN_RENEW_SECONDS:
+            self.conn.execute(query("listen_stages"))
+            self._registered = time.monotonic()
+        return any(True for _ in self.conn.notifies(timeout=seconds, stop_after=1))
+
+
+@contextmanager
+def follow_stages(url: str, *, timeout: float = 10.0) -> Iterator[StageChanges]:
+    """Stage changes as they happen, on a connection of their own; unregistered on the way out."""
+    with connect(url, autocommit=True, timeout=timeout) as conn:
+        changes = StageChanges(conn)
+        try:
+            yield changes
+        finally:
+            with suppress(psycopg.Error):
+                conn.execute(query("unlisten_stages"))

@@ -12,12 +12,12 @@ import pytest
 from textual.pilot import Pilot
 
 from dhgq.settings import Settings
+from dhgq.status import Line, QueueSnapshot, SourceDetail, SourceRow, StageCount, StageRow, StageState
 from dhgq.tui.app import DetailScreen, MonitorApp, create_app
 from dhgq.tui.backend import FixedBackend
-from dhgq.tui.snapshot import Line, QueueSnapshot, SourceDetail, SourceRow, StageCount, StageRow, StageState
 from dhgq.tui.widgets import DetailView, SourcesTable
 from tests.conftest import PROJECT_PASSWORD
-from tests.test_cli import add_source, failed_source, set_stage
+from tests.support.rows import add_source, failed_source, set_stage
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 DONE = StageState("completed", 100)

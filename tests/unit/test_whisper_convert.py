@@ -21,7 +21,7 @@ from dhgq.media.transcription.models import resolve_ct2_model
 from tests.support.speech import TWO_SPEAKER_SCRIPT, dialogue
 
 whisper = pytest.importorskip("whisper", reason="openai-whisper is not installed")
-REAL_SPEECH = Path(__file__).parents[2] / "shared" / "testdata" / "real-speech"
+REAL_SPEECH = Path(__file__).parents[3] / "shared" / "testdata" / "real-speech"
 SMALL = whisper.ModelDimensions(
     n_mels=8,
     n_audio_ctx=6,

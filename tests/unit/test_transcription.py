@@ -12,7 +12,7 @@ from dhgq.errors import ConfigurationError
 from dhgq.media.transcription.engines import TranscriptionEngine, load_engine
 from tests.support.speech import TWO_SPEAKER_SCRIPT, Reference, dialogue, silence
 
-REAL_SPEECH = Path(__file__).parents[2] / "shared" / "testdata" / "real-speech"
+REAL_SPEECH = Path(__file__).parents[3] / "shared" / "testdata" / "real-speech"
 
 
 def normalise(text: str) -> str:

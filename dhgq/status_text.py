@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from dhgq.tui.snapshot import StageState
+from dhgq.status import StageState
 
 STATE_STYLES = {
     "completed": "green",

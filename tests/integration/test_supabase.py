@@ -20,7 +20,7 @@ import pytest
 from dhgq import migrations
 from dhgq.embedded import ServerInfo
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXPOSED_SCHEMAS = ("public", "graphql_public")  # what Supabase's PostgREST serves by default
 SUPABASE_SCHEMAS = (
     "auth",
