@@ -40,6 +40,25 @@ class Settings(BaseSettings):
     storage_root: Path | None = None
     temp_dir: Path | None = None
 
+    # Sources that are not local files: storage://BUCKET/KEY (Supabase Storage), gdrive://FILE_ID
+    # (Google Drive), https:// URLs. Downloads stream into the temp dir, within these limits.
+    supabase_url: str | None = Field(None, description="the project's URL, https://<ref>.supabase.co")
+    supabase_service_key: SecretStr | None = Field(None, description="the service_role key: the worker's own")
+    storage_bucket: str = Field("media", description="bucket of users' media (dhgq.config's storage_bucket)")
+    upload_outputs: bool = Field(False, description="upload the exports (srt, vtt, json, md) next to the source")
+    max_source_bytes: int = Field(8 * 1024**3, gt=0, description="largest source file fetched, in bytes")
+    fetch_timeout: float = Field(60.0, gt=0, description="seconds without progress before a download fails")
+    gdrive_service_account_file: Path | None = Field(None, description="a Google service account's JSON key")
+    gdrive_api_url: str = Field("https://www.googleapis.com", description="the Drive API (tests: a local server)")
+    allow_private_hosts: tuple[str, ...] = Field(
+        (),
+        description="hosts or networks (CIDR) that https sources and webhooks may reach although they are "
+        "private, loopback or link-local (refused by default)",
+    )
+
+    # Webhooks: a request's callback_url is called when its pipeline completes or fails
+    webhook_secret: SecretStr | None = Field(None, description="signs webhook bodies (HMAC-SHA256)")
+
     # Queues: one worker-side concurrency per stage; the seeds' MAX_CONCURRENT_* defaults, except
     # that transcription and diarization on this machine's CPU (see concurrency()) default to
     # one job per ~4 cores: each job already uses several cores, so more slots only add memory.
