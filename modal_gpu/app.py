@@ -19,6 +19,7 @@ the variables themselves, with the same defaults, for a bare ``modal deploy``.
 
 # No `from __future__ import annotations`: Modal reads the class parameters' types at run time.
 import os
+import subprocess
 import tempfile
 import time
 import urllib.error
@@ -78,6 +79,7 @@ huggingface = modal.Secret.from_name("dhgq-huggingface", required_keys=["HF_TOKE
 
 cpu_image = (
     modal.Image.debian_slim(python_version=PYTHON_VERSION)
+    .apt_install("ffmpeg")  # decodes the compact audio the worker sends
     .pip_install(*CPU_PACKAGES)
     .env(DEPLOY_ENV)
     .add_local_python_source("dhgq", "modal_gpu")
@@ -95,7 +97,48 @@ gpu_image = (
 
 
 def fetch_audio(audio: bytes | str, timeout: float = 120.0) -> bytes:
-    """The audio's bytes: given as is, or downloaded from an http(s) URL (never a local path)."""
+    """The audio as 16 kHz mono WAV bytes, from bytes or an http(s) URL (never a local path).
+
+    The worker sends the compact copy (Opus, AAC or MP3), which ffmpeg decodes here; WAV passes as is.
+    """
+    return as_wav(_audio_bytes(audio, timeout))
+
+
+def as_wav(audio: bytes) -> bytes:
+    """WAV bytes as they are; anything else decoded by ffmpeg to the 16 kHz mono WAV the engines read."""
+    if audio[:4] == b"RIFF":
+        return audio
+    done = subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-i",
+            "pipe:0",
+            "-ac",
+            "1",
+            "-ar",
+            str(SAMPLE_RATE),
+            "-c:a",
+            "pcm_s16le",
+            "-f",
+            "wav",
+            "pipe:1",
+        ],
+        input=audio,
+        capture_output=True,
+        check=False,
+        timeout=600,
+    )
+    if done.returncode != 0 or not done.stdout:
+        detail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        raise PermanentError(f"the audio could not be decoded: {detail[0]}")
+    return done.stdout
+
+
+def _audio_bytes(audio: bytes | str, timeout: float) -> bytes:
     if isinstance(audio, bytes | bytearray):
         return bytes(audio)
     if not audio.startswith(("https://", "http://")):

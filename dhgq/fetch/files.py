@@ -28,8 +28,10 @@ def local_file(path: Path, storage_root: Path | None) -> Fetched:
     """A local source, read in place; outside the storage root (when one is set) it is refused."""
     if storage_root is not None and not path.resolve().is_relative_to(storage_root.resolve()):
         raise PermanentError(f"{path} is outside the allowed storage root {storage_root}", file=str(path))
-    if not path.is_file():
+    if not path.exists():
         raise PermanentError(f"{path}: file not found", file=str(path))
+    if not path.is_file():
+        raise PermanentError(f"{path}: not a regular file", file=str(path))
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(CHUNK), b""):

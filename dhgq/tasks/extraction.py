@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -10,31 +10,56 @@ from procrastinate import JobContext
 from psycopg.types.json import Jsonb
 
 from dhgq.app import app
-from dhgq.errors import PermanentError
+from dhgq.fetch import Fetched, fetch
 from dhgq.media.extraction.extract import extract_audio
 from dhgq.media.types import ExtractionResult
 from dhgq.pipeline import Resources, Source, StageJob, StageRows, StageSpec, enqueue, run_stage
 from dhgq.queries import query
 from dhgq.tasks import job_of
 
-
-def work(resources: Resources, source: Source, job: StageJob) -> ExtractionResult:
-    if "://" in source.path:  # storage://, gdrive://, https:// (a user's request names a storage key)
-        raise PermanentError(
-            f"{source.path}: this worker reads local files only; sources in Supabase Storage, "
-            "Google Drive or on the web cannot be fetched yet",
-            file=source.path,
-        )
-    path = Path(source.path)
-    root = resources.settings.storage_root
-    if root is not None and not path.resolve().is_relative_to(root.resolve()):
-        raise PermanentError(f"{source.path} is outside the allowed storage root {root}", file=source.path)
-    out_dir = resources.settings.work_dir / source.id
-    return extract_audio(path, out_dir, stem="audio", timeout=resources.settings.stage_timeout(None))
+# Drive metadata a gdrive:// fetch returns, under sources_google's column names
+DRIVE_COLUMNS = (
+    "drive_id",
+    "root_drive_id",
+    "parent_folder_id",
+    "web_view_link",
+    "thumbnail_link",
+    "modified_time",
+    "md5_checksum",
+)
 
 
-def save(conn: psycopg.Connection, source: Source, out: ExtractionResult) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Extracted:
+    """The extraction's outputs, and what fetching the source told of it."""
+
+    result: ExtractionResult
+    fetched: Fetched
+
+
+def work(resources: Resources, source: Source, job: StageJob) -> Extracted:
+    """The source's file (a local path, or fetched into the stage's scratch dir and removed after), extracted."""
+    settings = resources.settings
+    out_dir = settings.work_dir / source.id
+    with fetch(source.path, settings.scratch_dir / source.id, settings) as fetched:
+        result = extract_audio(fetched.path, out_dir, stem="audio", timeout=settings.stage_timeout(None))
+    return Extracted(result, fetched)
+
+
+def save(conn: psycopg.Connection, source: Source, extracted: Extracted) -> dict[str, Any]:
+    out, fetched = extracted.result, extracted.fetched
     probe = out.probe
+    drive = fetched.metadata
+    conn.execute(
+        query("save_fetched_source"),
+        {
+            "source_id": source.id,
+            "sha256": fetched.sha256,
+            "size": fetched.size,
+            **{column: drive.get(column) for column in DRIVE_COLUMNS},
+            "fetched": Jsonb({"fetched": {"remote": fetched.remote, "size": fetched.size} | drive}),
+        },
+    )
     conn.execute(
         query("save_extraction"),
         {

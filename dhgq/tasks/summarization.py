@@ -2,36 +2,49 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
 from procrastinate import JobContext
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from dhgq.app import app
 from dhgq.errors import PermanentError
-from dhgq.media.serialize import transcript_from_dict
+from dhgq.fetch import scheme_of
 from dhgq.media.summarization.extractive import summarize_extractive
 from dhgq.media.summarization.summarize import summarize
-from dhgq.media.types import Summary
+from dhgq.media.types import Summary, Transcript
+from dhgq.outputs import upload_exports
 from dhgq.pipeline import Resources, Source, StageJob, StageRows, StageSpec, run_stage
 from dhgq.queries import query
+from dhgq.settings import Settings
+from dhgq.status import fetch_documents
 from dhgq.tasks import job_of
 
 
-def work(resources: Resources, source: Source, job: StageJob) -> Summary:
+@dataclass(frozen=True)
+class Summarized:
+    """The summary, and where the exports went when they were uploaded to Storage."""
+
+    summary: Summary
+    outputs: dict[str, str]
+
+
+def work(resources: Resources, source: Source, job: StageJob) -> Summarized:
     with resources.pool.connection() as conn:
-        document = (
-            conn.cursor(row_factory=dict_row)
-            .execute(query("document"), {"source_id": source.id, "content_type": "transcript"})
-            .fetchone()
-        )
-    if document is None:
+        documents = fetch_documents(conn, source.id)
+    if documents.transcript is None:
         raise PermanentError("no transcript to summarize", file=source.path)
-    transcript = transcript_from_dict(document["processed_content"])
-    settings = resources.settings
+    summary = _summarize(resources.settings, documents.transcript)
+    outputs: dict[str, str] = {}
+    if resources.settings.upload_outputs and scheme_of(source.path) == "storage":
+        outputs = upload_exports(resources.settings, source.path, documents.transcript, documents.diarization, summary)
+    return Summarized(summary, outputs)
+
+
+def _summarize(settings: Settings, transcript: Transcript) -> Summary:
+    """Claude when a key is configured, else the offline extractive summary."""
     if settings.anthropic_api_key is None:
         return summarize_extractive(transcript)
     return summarize(
@@ -42,8 +55,11 @@ def work(resources: Resources, source: Source, job: StageJob) -> Summary:
     )
 
 
-def save(conn: psycopg.Connection, source: Source, summary: Summary) -> dict[str, Any]:
+def save(conn: psycopg.Connection, source: Source, summarized: Summarized) -> dict[str, Any]:
+    summary = summarized.summary
     content = asdict(summary)
+    if summarized.outputs:
+        conn.execute(query("record_outputs"), {"source_id": source.id, "outputs": Jsonb(summarized.outputs)})
     conn.execute(
         query("upsert_document"),
         {
@@ -63,6 +79,7 @@ def save(conn: psycopg.Connection, source: Source, summary: Summary) -> dict[str
         "model": summary.details.get("model"),
         "input_tokens": summary.details.get("input_tokens"),
         "output_tokens": summary.details.get("output_tokens"),
+        "outputs": summarized.outputs,
     }
 
 

@@ -44,6 +44,18 @@ _COPYABLE: dict[str, tuple[str, str]] = {
 }
 
 
+COMPACT_TYPES = {"opus": "audio/ogg", "m4a": "audio/mp4", "mp3": "audio/mpeg"}
+
+
+def compact_copy_of(wav: Path) -> Path | None:
+    """The compact copy ``extract_audio`` wrote beside ``wav`` (same stem, a compressed suffix), if any."""
+    for suffix in COMPACT_TYPES:
+        candidate = wav.with_suffix(f".{suffix}")
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def probe(path: Path, *, timeout: float | None = None) -> ProbeInfo:
     """Describe a media file, refusing (PermanentError) one that is missing, empty or unreadable."""
     return _probe_info(Path(path), _probe_raw(Path(path), timeout))
