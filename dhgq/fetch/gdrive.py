@@ -135,7 +135,9 @@ def load_service_account(settings: Settings) -> ServiceAccount:
     data = _read_key_file(path)
     kind = data.get("type")
     if kind != "service_account":
-        raise ConfigurationError(f"{path} is a {kind or 'untyped'} credentials file, not a service account key: {KEY_FIX}")
+        raise ConfigurationError(
+            f"{path} is a {kind or 'untyped'} credentials file, not a service account key: {KEY_FIX}"
+        )
     email, pem = data.get("client_email"), data.get("private_key")
     if not isinstance(email, str) or not email or not isinstance(pem, str) or not pem:
         raise ConfigurationError(f"{path}: the key lacks client_email or private_key: {KEY_FIX}")
@@ -228,17 +230,24 @@ def request_token(account: ServiceAccount, timeout: float, *, source: str) -> _T
     try:
         response = httpx.post(account.token_uri, data=form, headers={"accept": "application/json"}, timeout=timeout)
     except httpx.TimeoutException as exc:
-        raise TransientError(f"{source}: Google's token endpoint timed out ({type(exc).__name__})", file=source) from None
+        raise TransientError(
+            f"{source}: Google's token endpoint timed out ({type(exc).__name__})", file=source
+        ) from None
     except httpx.TransportError as exc:
         raise TransientError(f"{source}: Google's token endpoint failed: {exc}", file=source) from None
     if response.status_code != 200:
         _raise_token_error(response, account, source)
+    return _token_from(response, source)
+
+
+def _token_from(response: httpx.Response, source: str) -> _Token:
+    """The access token of a 200 answer and when it expires (``expires_in``, an hour when not said)."""
     try:
         payload = response.json()
         value = payload["access_token"]
         expires_in = float(payload.get("expires_in", ASSERTION_SECONDS))
-    except (ValueError, KeyError, TypeError):
-        raise TransientError(f"{source}: Google's token endpoint answered without an access token", file=source) from None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        value = None
     if not isinstance(value, str) or not value:
         raise TransientError(f"{source}: Google's token endpoint answered without an access token", file=source)
     return _Token(value, time.monotonic() + expires_in)
@@ -272,7 +281,9 @@ def _oauth_error(response: httpx.Response) -> tuple[str, str]:
 # --- the file ------------------------------------------------------------------------------------
 
 
-def file_metadata(file_id: str, token: str, account: ServiceAccount, settings: Settings, *, source: str) -> dict[str, Any]:
+def file_metadata(
+    file_id: str, token: str, account: ServiceAccount, settings: Settings, *, source: str
+) -> dict[str, Any]:
     """Drive's ``files.get`` for the fields sources_google keeps (shared drives included)."""
     url = f"{api_base(settings)}/drive/v3/files/{file_id}"
     params = {"fields": METADATA_FIELDS, "supportsAllDrives": "true"}

@@ -208,7 +208,9 @@ class FakeDrive:
         except jwt.PyJWTError as exc:
             raise ValueError(f"Invalid JWT: {exc}") from None
         if claims["exp"] - claims["iat"] > MAX_ASSERTION_SECONDS or claims["iat"] > time.time() + 300:
-            raise ValueError("Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe")
+            raise ValueError(
+                "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe"
+            )
         claims["_header"] = header
         return claims
 

@@ -10,12 +10,12 @@ import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dhgq.errors import ConfigurationError, PermanentError, TransientError
-from dhgq.fetch import fetch
-from dhgq.fetch import gdrive
+from dhgq.fetch import fetch, gdrive
 from dhgq.fetch.gdrive import DRIVE_SCOPE, download_drive_file, parse_drive_uri
 from dhgq.settings import Settings
 from tests.support.fake_drive import DriveFile, FakeDrive, ServiceAccountKey, fake_drive_server, new_service_account
@@ -56,7 +56,7 @@ def scratch(tmp_path: Path) -> Path:
     return path
 
 
-def settings_for(drive: FakeDrive, key_file: Path | None, **overrides: object) -> Settings:
+def settings_for(drive: FakeDrive, key_file: Path | None, **overrides: Any) -> Settings:
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
         database_url="postgresql://unused/none",
@@ -145,9 +145,13 @@ def test_declared_size_over_the_limit_is_refused_before_download(
     assert list(scratch.iterdir()) == []
 
 
-def test_content_over_the_limit_is_refused_while_streaming(drive: FakeDrive, key_file: Path, scratch: Path) -> None:
+def test_content_over_the_limit_is_refused_while_downloading(drive: FakeDrive, key_file: Path, scratch: Path) -> None:
+    """A declared size that understates the content does not get it past the limit."""
+    liar_id = "1UnderstatedSize000000"
+    drive.add(DriveFile(liar_id, "longer-than-said.mp4", TALK, size=100))
     with pytest.raises(PermanentError, match="DHGQ_MAX_SOURCE_BYTES"):
-        download_drive_file(f"gdrive://{TALK_ID}", scratch, settings_for(drive, key_file, max_source_bytes=1000))
+        download_drive_file(f"gdrive://{liar_id}", scratch, settings_for(drive, key_file, max_source_bytes=1000))
+    assert drive.media_requests == 1
     assert list(scratch.iterdir()) == []
 
 
