@@ -17,6 +17,8 @@ STAGE_MODULES = [
     "dhgq.tasks.diarization",
     "dhgq.tasks.summarization",
 ]
+# Not a stage: delivers requests' webhooks on its own queue (the worker serves it with the stages).
+TASK_MODULES = [*STAGE_MODULES, "dhgq.tasks.webhook"]
 
 
 def retry_strategy(settings: Settings) -> procrastinate.RetryStrategy:
@@ -65,7 +67,7 @@ class DhgqConnector(procrastinate.PsycopgConnector):
         return super().get_sync_connector()
 
 
-app = procrastinate.App(connector=DhgqConnector(), import_paths=STAGE_MODULES)
+app = procrastinate.App(connector=DhgqConnector(), import_paths=TASK_MODULES)
 
 
 def connector_for(url: str) -> procrastinate.PsycopgConnector:

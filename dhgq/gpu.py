@@ -221,12 +221,12 @@ def audio_for_modal(settings: Settings, wav_path: Path) -> tuple[bytes | str, fl
     compact = compact_copy_of(path) or path
     if not settings.supabase_url or settings.supabase_service_key is None:
         return compact.read_bytes(), seconds
-    from dhgq.fetch.storage import signed_url, storage_client, upload_file
+    from dhgq.fetch.storage import signed_url, upload_file
 
     key = f"{WORK_PREFIX}/{path.parent.name}/{compact.name}"
     content_type = COMPACT_TYPES.get(compact.suffix.lstrip("."), "audio/wav")
     uri = upload_file(settings, settings.storage_bucket, key, compact, content_type)
-    return signed_url(storage_client(settings), settings.storage_bucket, key, uri=uri), seconds
+    return signed_url(settings, settings.storage_bucket, key, uri=uri), seconds
 
 
 @contextmanager

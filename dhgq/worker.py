@@ -1,5 +1,7 @@
 """``dhgq worker``: one Procrastinate worker per stage queue in one process, each with its stage's
-concurrency, sharing a connection pool and model hosts; plus the recovery of stalled jobs.
+concurrency, sharing a connection pool and model hosts; plus the recovery of stalled jobs. A
+worker that serves every stage also serves the ``webhooks`` queue (requests' callbacks), so that
+the default ``dhgq worker`` delivers them and one started for some stages only does not.
 
 Procrastinate 3 notices dead workers (their heartbeats stop) but does not re-run their jobs by
 itself, so every worker process also runs a small periodic loop that finds jobs of stalled
@@ -13,6 +15,7 @@ import logging
 import signal
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
 
 import procrastinate
 from procrastinate.worker import Worker
@@ -23,29 +26,45 @@ from dhgq.db import task_pool
 from dhgq.pipeline import Resources
 from dhgq.queries import query
 from dhgq.settings import STAGES, Settings, Stage
+from dhgq.tasks import webhook
 
 logger = logging.getLogger("dhgq.worker")
+Queue = Stage | Literal["webhooks"]
 
 
 def run(
     settings: Settings,
     url: str,
     *,
-    queues: Sequence[Stage] = STAGES,
+    queues: Sequence[Queue] = STAGES,
     once: bool = False,
     concurrency: int | None = None,
     warm: bool = False,
 ) -> None:
     """Run until stopped (SIGTERM/SIGINT finish the jobs in hand), or with ``once`` until idle."""
-    asyncio.run(_run(settings, url, list(queues), once, concurrency, warm))
+    asyncio.run(_run(settings, url, served_queues(queues), once, concurrency, warm))
+
+
+def served_queues(queues: Sequence[Queue]) -> list[Queue]:
+    """The queues asked for, plus ``webhooks`` when they are every stage's (what ``dhgq worker`` asks by default)."""
+    served = list(queues)
+    if set(STAGES) <= set(served) and webhook.QUEUE not in served:
+        served.append(webhook.QUEUE)
+    return served
+
+
+def queue_concurrency(settings: Settings, queue: Queue, override: int | None) -> int:
+    if override:
+        return override
+    return webhook.CONCURRENCY if queue == webhook.QUEUE else settings.concurrency(queue)
 
 
 async def _run(
-    settings: Settings, url: str, queues: list[Stage], once: bool, concurrency: int | None, warm: bool
+    settings: Settings, url: str, queues: list[Queue], once: bool, concurrency: int | None, warm: bool
 ) -> None:
     # Procrastinate runs sync tasks in the loop's default executor, which asyncio caps at cores + 4
     # threads: fewer than the job slots of four queues, so size it to the slots.
-    slots = sum(concurrency or settings.concurrency(queue) for queue in queues)
+    slots = sum(queue_concurrency(settings, queue, concurrency) for queue in queues)
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(slots + 2, thread_name_prefix="dhgq-job"))
     pool = task_pool(url, max_size=max(4 + 2 * len(queues), slots + 1))
     resources = Resources(settings, pool)
@@ -53,6 +72,7 @@ async def _run(
         with app.replace_connector(connector_for(url)) as bound:
             bound.perform_import_paths()
             configure_retries(bound, settings)
+            webhook.configure_retries(bound, settings)  # after: configure_retries gives every task the stages'
             async with bound.open_async():
                 if warm:
                     asyncio.get_running_loop().run_in_executor(None, _warm, resources, queues)
@@ -62,7 +82,7 @@ async def _run(
 
 
 async def _serve(
-    bound: procrastinate.App, resources: Resources, queues: list[Stage], once: bool, concurrency: int | None
+    bound: procrastinate.App, resources: Resources, queues: list[Queue], once: bool, concurrency: int | None
 ) -> None:
     settings = resources.settings
 
@@ -72,7 +92,7 @@ async def _serve(
                 bound,
                 queues=[queue],
                 name=f"dhgq-{queue}",
-                concurrency=concurrency or settings.concurrency(queue),
+                concurrency=queue_concurrency(settings, queue, concurrency),
                 wait=not once,
                 additional_context={"dhgq": resources},
                 install_signal_handlers=False,
@@ -149,13 +169,13 @@ def _notify(resources: Resources, queue: str, job_id: int | None) -> None:
         conn.execute(query("notify_workers"), {"queue": queue, "job_id": job_id})
 
 
-def _jobs_ready(resources: Resources, queues: list[Stage]) -> bool:
+def _jobs_ready(resources: Resources, queues: list[Queue]) -> bool:
     with resources.pool.connection() as conn:
         row = conn.execute(query("ready_jobs"), {"queues": list(queues)}).fetchone()
     return bool(row and row[0])
 
 
-def _warm(resources: Resources, queues: list[Stage]) -> None:
+def _warm(resources: Resources, queues: list[Queue]) -> None:
     for stage in ("transcription", "diarization"):
         if stage in queues:
             resources.host(stage).warm(gpu.warm, stage=stage)

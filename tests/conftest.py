@@ -140,3 +140,41 @@ def real_speech() -> Path:
     if not REAL_SPEECH.is_dir():
         pytest.skip(f"real recordings not found at {REAL_SPEECH} (../shared/testdata is absent)")
     return REAL_SPEECH
+
+
+# Supabase Storage and a Supabase-like API gateway (tests/support/storage_server.py, gateway.py)
+from tests.support.gateway import Gateway  # noqa: E402
+from tests.support.storage_server import STORAGE_DIR, StorageStack, running_storage  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def storage_stack(pg_info: ServerInfo) -> Iterator[StorageStack]:
+    """Supabase Storage (the real server, ``../shared/supabase-storage``) on a hosted-like database, then dhgq's
+    migrations on it as the project role: one server per session; tests use their own users and object keys."""
+    if not STORAGE_DIR.is_dir():
+        pytest.skip(f"the Supabase Storage server is not at {STORAGE_DIR} (../shared/supabase-storage is absent)")
+    url = new_database(pg_info, None)
+    name = database_name(url)
+    workdir = Path(tempfile.mkdtemp(prefix="dhgq-test-storage-"))
+    try:
+        with running_storage(
+            project_url=url,
+            superuser_url=pg_info.url(name),
+            authenticator_url=role_url(pg_info, name, "authenticator"),
+            workdir=workdir,
+        ) as stack:
+            yield stack
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def gateway_url(storage_stack: StorageStack) -> Iterator[str]:
+    """A Supabase-like API URL for ``storage_stack``: ``/storage/v1`` (the real Storage server) and ``/rest/v1``
+    (PostgREST's way of running requests, against the real database); give it to ``supabase.create_client``."""
+    with Gateway(
+        storage_url=storage_stack.storage_url,
+        authenticator_url=storage_stack.authenticator_url,
+        jwt_secret=storage_stack.jwt_secret,
+    ) as gateway:
+        yield gateway.url

@@ -1,4 +1,4 @@
-"""``dhgq worker``: process the stage queues."""
+"""``dhgq worker``: process the stage queues (and the webhooks queue)."""
 
 from __future__ import annotations
 
@@ -10,24 +10,28 @@ from dhgq import logs, migrations
 from dhgq.cli.common import settings_of
 from dhgq.db import database_url
 from dhgq.errors import ConfigurationError
-from dhgq.settings import STAGES, Stage
+from dhgq.settings import STAGES
+
+QUEUES = (*STAGES, "webhooks")
 
 
 def worker(
     ctx: typer.Context,
-    queue: Annotated[list[str] | None, typer.Option("--queue", "-q", help="Only these stage queues.")] = None,
+    queue: Annotated[
+        list[str] | None, typer.Option("--queue", "-q", help="Only these queues (a stage's, or webhooks).")
+    ] = None,
     concurrency: Annotated[int | None, typer.Option(help="Override every queue's concurrency.")] = None,
     once: Annotated[bool, typer.Option("--once", help="Work until no job is ready, then exit.")] = False,
 ) -> None:
-    """Run workers for the stage queues (all four by default), each with its own concurrency."""
+    """Run workers for the queues (the four stages and the webhooks by default), each with its own concurrency."""
     from dhgq import worker as worker_module
 
     settings = settings_of(ctx)
     logs.configure(settings)
-    unknown = set(queue or []) - set(STAGES)
+    unknown = set(queue or []) - set(QUEUES)
     if unknown:
-        raise typer.BadParameter(f"unknown queue(s): {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}")
-    queues: list[Stage] = [q for q in STAGES if not queue or q in queue]
+        raise typer.BadParameter(f"unknown queue(s): {', '.join(sorted(unknown))}; choose from {', '.join(QUEUES)}")
+    queues: list[worker_module.Queue] = [q for q in QUEUES if not queue or q in queue]  # type: ignore[misc]
     url = database_url(settings)
     if migrations.pending(url):
         raise ConfigurationError("the database schema is not up to date: run `dhgq db migrate` first")

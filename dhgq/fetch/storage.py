@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import httpx
 from storage3 import SyncStorageClient
 from storage3.exceptions import StorageApiError, StorageException
 
@@ -33,22 +34,23 @@ def parse_storage_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def storage_client(settings: Settings) -> SyncStorageClient:
-    """Storage as the service role: ``{supabase_url}/storage/v1`` with the service key."""
+@contextmanager
+def storage_client(settings: Settings) -> Iterator[SyncStorageClient]:
+    """Storage as the service role: ``{supabase_url}/storage/v1`` with the service key, on a client closed after."""
     if not settings.supabase_url or settings.supabase_service_key is None:
         raise ConfigurationError(
             "storage:// sources need DHGQ_SUPABASE_URL and DHGQ_SUPABASE_SERVICE_KEY (the project's service_role key)"
         )
     key = settings.supabase_service_key.get_secret_value()
     url = settings.supabase_url.rstrip("/") + "/storage/v1/"
-    return SyncStorageClient(
-        url, {"apikey": key, "Authorization": f"Bearer {key}"}, timeout=int(settings.fetch_timeout)
-    )
+    headers = {"apikey": key, "Authorization": f"Bearer {key}"}
+    with httpx.Client(headers=headers, timeout=httpx.Timeout(settings.fetch_timeout)) as http:
+        yield SyncStorageClient(url, headers, http_client=http)
 
 
-def signed_url(client: SyncStorageClient, bucket: str, key: str, *, uri: str, seconds: int = SIGNED_URL_SECONDS) -> str:
-    """A URL anyone may GET for ``seconds``: how a remote GPU worker fetches the audio."""
-    with storage_errors(uri):
+def signed_url(settings: Settings, bucket: str, key: str, *, uri: str, seconds: int = SIGNED_URL_SECONDS) -> str:
+    """A URL anyone may GET for ``seconds``: how a download, or a remote GPU worker, fetches the object."""
+    with storage_client(settings) as client, storage_errors(uri):
         url = client.from_(bucket).create_signed_url(key, seconds)["signedURL"]
     if not url:
         raise PermanentError(f"{uri}: Storage gave no signed URL", file=uri)
@@ -57,7 +59,7 @@ def signed_url(client: SyncStorageClient, bucket: str, key: str, *, uri: str, se
 
 def download_object(uri: str, scratch: Path, settings: Settings) -> Fetched:
     bucket, key = parse_storage_uri(uri)
-    url = signed_url(storage_client(settings), bucket, key, uri=uri)
+    url = signed_url(settings, bucket, key, uri=uri)
     target = scratch / target_name(key)
     sha256, size = download(
         url, target, source=uri, max_bytes=settings.max_source_bytes, timeout=settings.fetch_timeout
@@ -68,8 +70,7 @@ def download_object(uri: str, scratch: Path, settings: Settings) -> Fetched:
 def upload_file(settings: Settings, bucket: str, key: str, path: Path, content_type: str) -> str:
     """Put ``path`` at ``bucket/key`` (replacing what is there); returns its storage:// URI."""
     uri = f"storage://{bucket}/{key}"
-    client = storage_client(settings)
-    with storage_errors(uri), path.open("rb") as handle:
+    with storage_client(settings) as client, storage_errors(uri), path.open("rb") as handle:
         client.from_(bucket).upload(key, handle.read(), {"content-type": content_type, "upsert": "true"})
     return uri
 

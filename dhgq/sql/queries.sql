@@ -130,3 +130,23 @@ SELECT pg_notify('procrastinate_queue_v1#' || %(queue)s, json_build_object('type
 SELECT count(*) FROM procrastinate_jobs
  WHERE queue_name = ANY(%(queues)s)
    AND (status = 'doing' OR (status = 'todo' AND (scheduled_at IS NULL OR scheduled_at <= now())));
+
+-- name: claim_webhook
+-- Take a webhook delivery for one attempt, unless it went through already (then no row: a job run
+-- again sends nothing twice). The row says 'delivering' until the attempt is recorded.
+UPDATE webhook_deliveries
+   SET status = 'delivering', attempts = attempts + 1
+ WHERE request_id = %(request_id)s AND outcome = %(outcome)s AND status <> 'delivered'
+RETURNING request_id, outcome, url, event;
+
+-- name: webhook_delivered
+UPDATE webhook_deliveries
+   SET status = 'delivered', delivered_at = now(), response_status = %(response_status)s, last_error = NULL
+ WHERE request_id = %(request_id)s AND outcome = %(outcome)s;
+
+-- name: webhook_failed
+-- A failed attempt: 'retrying' while Procrastinate will run the job again, 'failed' when it will not.
+UPDATE webhook_deliveries
+   SET status = CASE WHEN %(will_retry)s THEN 'retrying' ELSE 'failed' END,
+       response_status = %(response_status)s, last_error = %(error)s
+ WHERE request_id = %(request_id)s AND outcome = %(outcome)s;

@@ -224,11 +224,11 @@ DECLARE
 BEGIN
     SELECT * INTO v_request FROM public.processing_jobs WHERE id = request_id;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'no request % of yours', request_id USING ERRCODE = 'no_data_found';
+        RAISE EXCEPTION 'no request % of yours', request_id USING ERRCODE = 'PT404';  -- PostgREST: HTTP 404
     END IF;
     IF v_request.status NOT IN ('queued', 'processing') THEN
         RAISE EXCEPTION 'request % is % already: nothing to cancel', request_id, v_request.status
-            USING ERRCODE = 'object_not_in_prerequisite_state';
+            USING ERRCODE = 'PT409';  -- PostgREST: HTTP 409
     END IF;
     UPDATE public.processing_jobs SET cancel_requested = true WHERE id = request_id;
     SELECT * INTO v_request FROM public.processing_jobs WHERE id = request_id;
@@ -244,11 +244,11 @@ DECLARE
 BEGIN
     SELECT * INTO v_request FROM public.processing_jobs WHERE id = request_id;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'no request % of yours', request_id USING ERRCODE = 'no_data_found';
+        RAISE EXCEPTION 'no request % of yours', request_id USING ERRCODE = 'PT404';  -- PostgREST: HTTP 404
     END IF;
     IF v_request.status NOT IN ('failed', 'cancelled') THEN
         RAISE EXCEPTION 'request % is %: only a failed or cancelled request can be retried', request_id,
-            v_request.status USING ERRCODE = 'object_not_in_prerequisite_state';
+            v_request.status USING ERRCODE = 'PT409';  -- PostgREST: HTTP 409
     END IF;
     UPDATE public.processing_jobs SET retry_requested = true WHERE id = request_id;
     SELECT * INTO v_request FROM public.processing_jobs WHERE id = request_id;
