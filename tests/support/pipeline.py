@@ -69,11 +69,13 @@ def stage_statuses(db_url: str, source_id: Any) -> dict[str, str]:
     )
 
 
-def insert_source(db_url: str, path: Path, mime_type: str = "video/mp4") -> str:
+def insert_source(db_url: str, path: Path | str, mime_type: str = "video/mp4") -> str:
+    """A source row for a local path or a URI (gdrive://..., https://...), as a psql user inserts one."""
+    name = str(path).rstrip("/").rsplit("/", 1)[-1]
     with psycopg.connect(db_url, autocommit=True) as conn:
         return str(
             conn.execute(
                 "INSERT INTO sources_google (name, path, mime_type) VALUES (%s, %s, %s) RETURNING id",
-                (path.name, str(path), mime_type),
+                (name, str(path), mime_type),
             ).fetchone()[0]
         )
