@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-ErrorClass = Literal["transient", "permanent"]
+ErrorClass = Literal["transient", "permanent", "cancelled"]
 
 
 class DhgqError(Exception):
@@ -77,6 +77,12 @@ class DatabaseUnavailable(TransientError):
 
 class StageTimeout(TransientError):
     """A stage ran past its time limit and was stopped."""
+
+
+class StageCancelled(DhgqError):
+    """The stage was cancelled while it ran: its model process was stopped, nothing is retried."""
+
+    error_class: ErrorClass = "cancelled"
 
 
 def classify(exc: BaseException) -> ErrorClass:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from dhgq.errors import ConfigurationError, DhgqError, PermanentError, TransientError, classify
 from dhgq.media.serialize import diarization_from_dict, transcript_from_dict
-from dhgq.media.types import ANY_SPEAKERS, Diarization, SpeakerCount, Transcript
+from dhgq.media.types import ANY_SPEAKERS, Diarization, Progress, SpeakerCount, Transcript
 from dhgq.settings import Settings
 
 if TYPE_CHECKING:
@@ -61,7 +61,9 @@ class GpuBackend(Protocol):
     name: str
     default_model: str  # the Whisper model of a request that names none
 
-    def transcribe(self, wav_path: Path, *, model: str, language: str | None = None) -> tuple[Transcript, RunInfo]: ...
+    def transcribe(
+        self, wav_path: Path, *, model: str, language: str | None = None, progress: Progress | None = None
+    ) -> tuple[Transcript, RunInfo]: ...
 
     def diarize(
         self,
@@ -116,10 +118,12 @@ class LocalBackend:
 
             torch.set_num_threads(self.cpu_threads)
 
-    def transcribe(self, wav_path: Path, *, model: str, language: str | None = None) -> tuple[Transcript, RunInfo]:
+    def transcribe(
+        self, wav_path: Path, *, model: str, language: str | None = None, progress: Progress | None = None
+    ) -> tuple[Transcript, RunInfo]:
         started = time.perf_counter()
         engine = self.transcription_engine(model)
-        transcript = engine.transcribe(Path(wav_path), language=language)
+        transcript = engine.transcribe(Path(wav_path), language=language, progress=progress)
         return transcript, run_info(self.name, None, model, started, engine=transcript.engine)
 
     def diarize(
@@ -144,7 +148,9 @@ class ModalBackend:
         self.default_model = settings.modal_whisper_model
         self.long_audio_seconds = long_audio_seconds
 
-    def transcribe(self, wav_path: Path, *, model: str, language: str | None = None) -> tuple[Transcript, RunInfo]:
+    def transcribe(
+        self, wav_path: Path, *, model: str, language: str | None = None, progress: Progress | None = None
+    ) -> tuple[Transcript, RunInfo]:
         import modal
 
         if model not in MODAL_WHISPER_MODELS:
@@ -309,9 +315,14 @@ def transcribe(
     settings: Settings, wav_path: str, model: str | None = None, language: str | None = None
 ) -> tuple[Transcript, RunInfo]:
     """Whisper on the WAV; a request's model and language win over the settings."""
+    from dhgq.runner import report_progress
+
     backend = backend_for(settings)
     return backend.transcribe(
-        Path(wav_path), model=model or backend.default_model, language=language or settings.whisper_language
+        Path(wav_path),
+        model=model or backend.default_model,
+        language=language or settings.whisper_language,
+        progress=report_progress,
     )
 
 

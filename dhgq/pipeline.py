@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import psycopg
@@ -72,6 +73,7 @@ class StageJob:
     source_id: str
     job_id: int
     attempt: int  # 1 for the first run
+    should_stop: Callable[[], bool] = field(default=lambda: False, repr=False)  # true once cancelled
 
     @property
     def log(self) -> dict[str, Any]:
@@ -190,7 +192,9 @@ def enqueue(conn: psycopg.Connection, source_id: str, *stages: Stage) -> None:
     conn.execute(query("enqueue_stages"), {"source_id": source_id, "stages": list(stages)})
 
 
-def report_progress(resources: Resources, job: StageJob, percent: float) -> None:
+def report_progress(
+    resources: Resources, job: StageJob, percent: float, detail: dict[str, float | None] | None = None
+) -> None:
     """Best-effort progress on the stage row (its trigger NOTIFYs the monitor)."""
     try:
         with resources.pool.connection() as conn:
@@ -201,18 +205,59 @@ def report_progress(resources: Resources, job: StageJob, percent: float) -> None
                     "stage": job.stage,
                     "job_id": str(job.job_id),
                     "progress": round(percent, 1),
+                    "detail": Jsonb(detail) if detail is not None else None,
                 },
             )
     except psycopg.Error:
         pass
 
 
+class MediaProgress:
+    """A model stage's progress in audio seconds, turned into a percentage, a realtime factor and an
+    ETA on the stage row, at most every ``every`` seconds (a long talk reports many times, cheaply)."""
+
+    START, END = 5.0, 95.0  # what the stage row shows before the model starts and when it reports all
+
+    def __init__(self, resources: Resources, job: StageJob, every: float = 2.0) -> None:
+        self.resources, self.job, self.every = resources, job, every
+        self.started = time.monotonic()
+        self._last = float("-inf")
+
+    def __call__(self, done: float, total: float) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every or total <= 0:
+            return
+        self._last = now
+        elapsed = max(now - self.started, 1e-6)
+        fraction = min(max(done / total, 0.0), 1.0)
+        speed = done / elapsed  # audio seconds per second: the realtime factor
+        detail = {
+            "audio_seconds_done": round(done, 1),
+            "audio_seconds": round(total, 1),
+            "realtime_factor": round(speed, 2),
+            "eta_seconds": round((total - done) / speed, 1) if speed > 0 else None,
+        }
+        report_progress(self.resources, self.job, self.START + (self.END - self.START) * fraction, detail)
+
+
 def run_on_extracted_audio(
     resources: Resources, source: Source, job: StageJob, function: HostFunction[Output], **options: Any
 ) -> Output:
-    """A GPU stage's work: the extracted audio, in the stage's model host, under its time limit."""
+    """A GPU stage's work: the extracted audio, in the stage's model host, under its time limit.
+
+    The audio must lie in this worker's work dir (the path comes from a database row); the host is
+    stopped within a second when the job is cancelled, and its progress reaches the stage row.
+    """
     wav_path = source.extracted_audio()
-    report_progress(resources, job, 5)
+    work_dir = resources.settings.work_dir.resolve()
+    if not Path(wav_path).resolve().is_relative_to(work_dir):
+        raise PermanentError(f"extracted audio {wav_path} lies outside the work dir {work_dir}: refused", file=wav_path)
+    report_progress(resources, job, MediaProgress.START)
     return resources.host(job.stage).call(
-        function, resources.settings.stage_timeout(source.duration), wav_path=wav_path, **options
+        function,
+        resources.settings.stage_timeout(source.duration),
+        should_stop=job.should_stop,
+        on_progress=MediaProgress(resources, job),
+        wav_path=wav_path,
+        **options,
     )

@@ -16,11 +16,13 @@ import logging
 import multiprocessing
 import queue
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
-from dhgq.errors import StageTimeout, TransientError
+from dhgq.errors import StageCancelled, StageTimeout, TransientError
+from dhgq.media.types import Progress
 from dhgq.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -29,24 +31,37 @@ Result = TypeVar("Result")
 HostFunction = Callable[..., Result]  # called as function(settings, **kwargs) in the child
 
 
+_reporter: Progress | None = None  # the child's link to its parent, while a call runs
+
+
+def report_progress(done_seconds: float, total_seconds: float) -> None:
+    """From inside a host function: tell the parent how far the work is (a no-op outside a model host)."""
+    if _reporter is not None:
+        _reporter(done_seconds, total_seconds)
+
+
 def _child_main(conn: Connection, settings: Settings) -> None:
-    """The child's loop: call what it is asked, send back the value or the exception."""
+    """The child's loop: call what it is asked, send back progress, then the value or the exception."""
+    global _reporter
+    _reporter = lambda done, total: conn.send(("progress", (float(done), float(total))))  # noqa: E731
     while True:
         try:
             function, kwargs = conn.recv()
         except (EOFError, KeyboardInterrupt):
             return
         try:
-            conn.send((True, function(settings, **kwargs)))
+            conn.send(("done", True, function(settings, **kwargs)))
         except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
             try:
-                conn.send((False, exc))
+                conn.send(("done", False, exc))
             except Exception:  # an exception that does not pickle
-                conn.send((False, TransientError(f"{type(exc).__name__}: {exc}")))
+                conn.send(("done", False, TransientError(f"{type(exc).__name__}: {exc}")))
 
 
 class ModelHost:
     """One child process and the pipe to it."""
+
+    POLL_SECONDS = 0.5  # how often a running call checks whether it should stop
 
     def __init__(self, name: str, settings: Settings) -> None:
         self.name = name
@@ -63,21 +78,46 @@ class ModelHost:
             self._conn = parent
         return self._conn
 
-    def call(self, function: HostFunction[Result], timeout: float, **kwargs: Any) -> Result:
-        """Run ``function(settings, **kwargs)`` in the child; StageTimeout after ``timeout`` seconds."""
+    def call(
+        self,
+        function: HostFunction[Result],
+        timeout: float,
+        *,
+        should_stop: Callable[[], bool] | None = None,
+        on_progress: Progress | None = None,
+        **kwargs: Any,
+    ) -> Result:
+        """Run ``function(settings, **kwargs)`` in the child.
+
+        StageTimeout after ``timeout`` seconds; StageCancelled within POLL_SECONDS of ``should_stop()``
+        turning true (the job was cancelled): either way the child is killed, so the work stops and the
+        next call starts a fresh one. Progress the function reports reaches ``on_progress``.
+        """
         conn = self._ensure_started()
         conn.send((function, kwargs))
-        if not conn.poll(timeout):
-            self.kill()
-            raise StageTimeout(f"{function.__name__} ran past its {timeout:.0f} s limit and was stopped")
-        try:
-            ok, value = conn.recv()
-        except EOFError:
-            self.kill()
-            raise TransientError(f"the model process died while running {function.__name__}") from None
-        if ok:
-            return value
-        raise value
+        deadline = time.monotonic() + timeout
+        while True:
+            if not conn.poll(min(self.POLL_SECONDS, max(0.0, deadline - time.monotonic()))):
+                if should_stop is not None and should_stop():
+                    self.kill()
+                    raise StageCancelled(f"{function.__name__} was cancelled and its model process stopped")
+                if time.monotonic() >= deadline:
+                    self.kill()
+                    raise StageTimeout(f"{function.__name__} ran past its {timeout:.0f} s limit and was stopped")
+                continue
+            try:
+                message = conn.recv()
+            except EOFError:
+                self.kill()
+                raise TransientError(f"the model process died while running {function.__name__}") from None
+            if message[0] == "progress":
+                if on_progress is not None:
+                    on_progress(*message[1])
+                continue
+            _, ok, value = message
+            if ok:
+                return value  # type: ignore[no-any-return]
+            raise value
 
     def kill(self) -> None:
         if self._process is not None and self._process.is_alive():
@@ -98,10 +138,18 @@ class ModelPool:
             self._idle.put(host)
         self._lock = threading.Lock()
 
-    def call(self, function: HostFunction[Result], timeout: float, **kwargs: Any) -> Result:
+    def call(
+        self,
+        function: HostFunction[Result],
+        timeout: float,
+        *,
+        should_stop: Callable[[], bool] | None = None,
+        on_progress: Progress | None = None,
+        **kwargs: Any,
+    ) -> Result:
         host = self._idle.get()
         try:
-            return host.call(function, timeout, **kwargs)
+            return host.call(function, timeout, should_stop=should_stop, on_progress=on_progress, **kwargs)
         finally:
             self._idle.put(host)
 

@@ -37,9 +37,50 @@ class StageCount:
 
 
 @dataclass(frozen=True)
+class MediaProgress:
+    """How far a running model stage is through its audio (reported by the stage as it goes)."""
+
+    audio_seconds_done: float
+    audio_seconds: float
+    realtime_factor: float | None = None
+    eta_seconds: float | None = None
+
+    @classmethod
+    def of(cls, detail: dict[str, Any] | None) -> MediaProgress | None:
+        if not detail or detail.get("audio_seconds") is None:
+            return None
+        return cls(
+            float(detail.get("audio_seconds_done") or 0.0),
+            float(detail["audio_seconds"]),
+            detail.get("realtime_factor"),
+            detail.get("eta_seconds"),
+        )
+
+    def describe(self) -> str:
+        """'12:30 of 58:00, 9.5x realtime, about 4 min left'."""
+        parts = [f"{_clock(self.audio_seconds_done)} of {_clock(self.audio_seconds)}"]
+        if self.realtime_factor:
+            parts.append(f"{self.realtime_factor:.1f}x realtime")
+        if self.eta_seconds is not None:
+            parts.append(f"about {_duration(self.eta_seconds)} left")
+        return ", ".join(parts)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+@dataclass(frozen=True)
 class StageState:
     status: str
     progress: float = 0.0
+    media: MediaProgress | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +117,7 @@ class StageRow:
     completed_at: datetime | None = None
     seconds: float | None = None
     job_id: str | None = None
+    media: MediaProgress | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +174,7 @@ def fetch_stages(conn: psycopg.Connection, source_id: str) -> tuple[StageRow, ..
             completed_at=r["completed_at"],
             seconds=r["seconds"],
             job_id=r["job_id"],
+            media=MediaProgress.of(r.get("progress_detail")) if r["status"] == "processing" else None,
         )
         for r in rows
     )
@@ -181,7 +224,10 @@ def _summary_dict(summary: Summary | None) -> dict[str, Any] | None:
 
 
 def _source_row(row: dict[str, Any]) -> SourceRow:
-    stages = {name: StageState(s["status"], float(s["progress"] or 0)) for name, s in (row.get("stages") or {}).items()}
+    stages = {
+        name: StageState(s["status"], float(s["progress"] or 0), MediaProgress.of(s.get("detail")))
+        for name, s in (row.get("stages") or {}).items()
+    }
     ordered: dict[str, StageState] = {name: stages[name] for name in STAGES if name in stages}
     duration = row.get("audio_duration_seconds")
     return SourceRow(

@@ -187,7 +187,11 @@ def _warn_without_workers(conn: psycopg.Connection, stalled_after: float, quiet:
 def _stage_label(row: SourceRow) -> str:
     if row.state in DONE | {"not started"}:
         return row.state
-    busy = [f"{stage} {state.progress:.0f}%" for stage, state in row.stages.items() if state.status == "processing"]
+    busy = [
+        f"{stage} {state.progress:.0f}%" + (f" ({state.media.describe()})" if state.media else "")
+        for stage, state in row.stages.items()
+        if state.status == "processing"
+    ]
     waiting = [stage for stage, state in row.stages.items() if state.status == "queued"]
     return ", ".join(busy) or (f"{', '.join(waiting)} queued" if waiting else row.state)
 
@@ -263,6 +267,9 @@ def print_detail(detail: SourceDetail) -> None:
             s.error_class or "",
         )
     stdout.print(table)
+    for s in detail.stages:
+        if s.media is not None:
+            stdout.print(f"{s.stage}: {s.media.describe()}", highlight=False)
     for s in detail.stages:
         if s.error:
             stdout.print(f"[red]{s.stage}:[/red] {escape(s.error)}", highlight=False, soft_wrap=True)

@@ -3,7 +3,7 @@ pipeline stores them in ``result`` columns and the GPU backend ships them over t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,3 +109,7 @@ class SpeakerCount:
 
 
 ANY_SPEAKERS = SpeakerCount()
+
+
+# How far a long piece of work is, in audio seconds: (done, in all). Engines call it as they go.
+Progress = Callable[[float, float], None]

@@ -20,7 +20,8 @@ SELECT stage, queued, processing, completed, failed, completed_last_5_min FROM p
 SELECT p.source_id, p.name, p.path, p.state, p.progress, p.error, p.audio_duration_seconds,
        p.created_at, p.updated_at,
        coalesce((SELECT jsonb_object_agg(st.stage, jsonb_build_object('status', st.status,
-                                                                      'progress', st.progress))
+                                                                      'progress', st.progress,
+                                                                      'detail', st.progress_detail))
                    FROM audio_processing_stages st WHERE st.source_id = p.source_id), '{}'::jsonb) AS stages
   FROM pipeline_status p
  WHERE (%(ids)s::uuid[] IS NULL OR p.source_id = ANY(%(ids)s::uuid[]))
@@ -29,7 +30,7 @@ SELECT p.source_id, p.name, p.path, p.state, p.progress, p.error, p.audio_durati
 
 -- name: cli_source_stages
 -- A source's stage rows in pipeline order, with how long each ran.
-SELECT stage, status, progress, attempts, job_id, error_class, error, started_at, completed_at,
+SELECT stage, status, progress, progress_detail, attempts, job_id, error_class, error, started_at, completed_at,
        extract(epoch FROM completed_at - started_at)::float8 AS seconds, result
   FROM audio_processing_stages
  WHERE source_id = %(source_id)s

@@ -11,7 +11,7 @@ WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true) AS mo
 claimed AS (
     UPDATE audio_processing_stages
        SET status = 'processing', started_at = now(), completed_at = NULL, attempts = %(attempt)s,
-           progress = 0, error = NULL, error_class = NULL
+           progress = 0, progress_detail = NULL, error = NULL, error_class = NULL
      WHERE source_id = %(source_id)s AND stage = %(stage)s AND job_id = %(job_id)s
        AND status IN ('queued', 'processing')
     RETURNING source_id
@@ -29,7 +29,7 @@ SELECT stage, status, job_id, result FROM audio_processing_stages
 
 -- name: complete_stage
 UPDATE audio_processing_stages
-   SET status = 'completed', completed_at = now(), progress = 100, result = %(result)s,
+   SET status = 'completed', completed_at = now(), progress = 100, progress_detail = NULL, result = %(result)s,
        error = NULL, error_class = NULL
  WHERE source_id = %(source_id)s AND stage = %(stage)s AND job_id = %(job_id)s;
 
@@ -45,7 +45,7 @@ UPDATE audio_processing_stages
 -- name: set_progress
 -- Progress is a hint for the monitor: it commits without waiting for its WAL flush (see begin_stage).
 WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true) AS mode)
-UPDATE audio_processing_stages SET progress = %(progress)s
+UPDATE audio_processing_stages SET progress = %(progress)s, progress_detail = %(detail)s
   FROM async_commit
  WHERE source_id = %(source_id)s AND stage = %(stage)s AND job_id = %(job_id)s AND status = 'processing';
 

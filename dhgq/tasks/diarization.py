@@ -12,9 +12,9 @@ from dhgq import gpu
 from dhgq.app import app
 from dhgq.media.serialize import diarization_to_dict
 from dhgq.media.types import Diarization, SpeakerCount
-from dhgq.pipeline import Resources, Source, StageJob, StageSpec, run_on_extracted_audio, run_stage
+from dhgq.pipeline import Resources, Source, StageJob, StageSpec, run_on_extracted_audio
 from dhgq.queries import query
-from dhgq.tasks import job_of
+from dhgq.tasks import run
 from dhgq.tasks.fanin import after_transcription_or_diarization
 
 
@@ -53,5 +53,4 @@ SPEC = StageSpec("diarization", work, save, after_transcription_or_diarization, 
 
 @app.task(name="dhgq.diarization", queue="diarization", pass_context=True)
 def diarization(context: JobContext, source_id: str) -> None:
-    resources, job = job_of(context, "diarization", source_id)
-    run_stage(resources, SPEC, job)
+    run(context, SPEC, source_id)

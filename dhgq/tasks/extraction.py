@@ -13,9 +13,9 @@ from dhgq.app import app
 from dhgq.fetch import Fetched, fetch
 from dhgq.media.extraction.extract import extract_audio
 from dhgq.media.types import ExtractionResult
-from dhgq.pipeline import Resources, Source, StageJob, StageRows, StageSpec, enqueue, run_stage
+from dhgq.pipeline import Resources, Source, StageJob, StageRows, StageSpec, enqueue
 from dhgq.queries import query
-from dhgq.tasks import job_of
+from dhgq.tasks import run
 
 # Drive metadata a gdrive:// fetch returns, under sources_google's column names
 DRIVE_COLUMNS = (
@@ -90,5 +90,4 @@ SPEC = StageSpec("extraction", work, save, then)
 
 @app.task(name="dhgq.extraction", queue="extraction", pass_context=True)
 def extraction(context: JobContext, source_id: str) -> None:
-    resources, job = job_of(context, "extraction", source_id)
-    run_stage(resources, SPEC, job)
+    run(context, SPEC, source_id)

@@ -16,11 +16,11 @@ from dhgq.media.summarization.extractive import summarize_extractive
 from dhgq.media.summarization.summarize import summarize
 from dhgq.media.types import Summary, Transcript
 from dhgq.outputs import upload_exports
-from dhgq.pipeline import Resources, Source, StageJob, StageRows, StageSpec, run_stage
+from dhgq.pipeline import Resources, Source, StageJob, StageRows, StageSpec
 from dhgq.queries import query
 from dhgq.settings import Settings
 from dhgq.status import fetch_documents
-from dhgq.tasks import job_of
+from dhgq.tasks import run
 
 
 @dataclass(frozen=True)
@@ -92,5 +92,4 @@ SPEC = StageSpec("summarization", work, save, then)
 
 @app.task(name="dhgq.summarization", queue="summarization", pass_context=True)
 def summarization(context: JobContext, source_id: str) -> None:
-    resources, job = job_of(context, "summarization", source_id)
-    run_stage(resources, SPEC, job)
+    run(context, SPEC, source_id)

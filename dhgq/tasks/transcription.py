@@ -12,9 +12,9 @@ from dhgq import gpu
 from dhgq.app import app
 from dhgq.media.serialize import transcript_to_dict
 from dhgq.media.types import Transcript
-from dhgq.pipeline import Resources, Source, StageJob, StageSpec, run_on_extracted_audio, run_stage
+from dhgq.pipeline import Resources, Source, StageJob, StageSpec, run_on_extracted_audio
 from dhgq.queries import query
-from dhgq.tasks import job_of
+from dhgq.tasks import run
 from dhgq.tasks.fanin import after_transcription_or_diarization
 from dhgq.tasks.segments import replace_segments
 
@@ -69,5 +69,4 @@ SPEC = StageSpec("transcription", work, save, after_transcription_or_diarization
 
 @app.task(name="dhgq.transcription", queue="transcription", pass_context=True)
 def transcription(context: JobContext, source_id: str) -> None:
-    resources, job = job_of(context, "transcription", source_id)
-    run_stage(resources, SPEC, job)
+    run(context, SPEC, source_id)

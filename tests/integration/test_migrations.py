@@ -192,7 +192,14 @@ def test_claims_and_progress_commit_without_waiting_for_the_flush(db_url: str) -
             "DO UPDATE SET status = 'queued', job_id = '7'",
             (source_id,),
         )
-        params = {"source_id": source_id, "stage": "extraction", "job_id": "7", "attempt": 1, "progress": 50}
+        params = {
+            "source_id": source_id,
+            "stage": "extraction",
+            "job_id": "7",
+            "attempt": 1,
+            "progress": 50,
+            "detail": None,
+        }
         for name in ("begin_stage", "set_progress"):
             with conn.transaction():
                 conn.execute(query(name), params)

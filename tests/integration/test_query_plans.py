@@ -83,7 +83,7 @@ EXTRA_PARAMS: dict[str, dict[str, Any]] = {
     "begin_stage": {"attempt": 1},
     "lock_stages": {"stages": ["transcription", "diarization"]},  # a fan-in stage locks its sibling too
     "complete_stage": {"result": Jsonb({"segments": 412, "stage_seconds": 93.2})},
-    "set_progress": {"progress": 42.5},
+    "set_progress": {"progress": 42.5, "detail": None},
     "fail_stage": {"will_retry": True, "error": "TransientError: timeout", "error_class": "transient"},
 }
 

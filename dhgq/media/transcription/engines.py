@@ -9,6 +9,7 @@ process by ``load_engine`` so a worker loads its model once, not once per job.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -17,7 +18,7 @@ import numpy as np
 import soundfile as sf
 
 from dhgq.errors import ConfigurationError, PermanentError
-from dhgq.media.types import Segment, Transcript, Word
+from dhgq.media.types import Progress, Segment, Transcript, Word
 
 SAMPLE_RATE = 16_000
 BEAM_SIZE = 5
@@ -30,7 +31,9 @@ class TranscriptionEngine(Protocol):
     name: str
     model_name: str
 
-    def transcribe(self, wav_path: Path, *, language: str | None = None) -> Transcript: ...
+    def transcribe(
+        self, wav_path: Path, *, language: str | None = None, progress: Progress | None = None
+    ) -> Transcript: ...
 
 
 def load_audio(wav_path: Path) -> np.ndarray:
@@ -61,6 +64,14 @@ def has_speech(audio: np.ndarray) -> bool:
     return bool(get_speech_timestamps(audio))
 
 
+def _reporting(pieces: Iterable[Any], duration: float, progress: Progress | None) -> Iterator[Any]:
+    """faster-whisper's segments as they are decoded, each telling ``progress`` how far the audio is done."""
+    for piece in pieces:
+        if progress is not None:
+            progress(min(float(piece.end), duration), duration)
+        yield piece
+
+
 def join_text(segments: list[Segment]) -> str:
     return " ".join(segment.text for segment in segments if segment.text).strip()
 
@@ -89,7 +100,9 @@ class FasterWhisperEngine:
         # same features, a block at a time: memory stays flat however long the talk
         self._model.feature_extractor = BlockwiseFeatureExtractor(**self._model.feat_kwargs)
 
-    def transcribe(self, wav_path: Path, *, language: str | None = None) -> Transcript:
+    def transcribe(
+        self, wav_path: Path, *, language: str | None = None, progress: Progress | None = None
+    ) -> Transcript:
         audio = load_audio(wav_path)
         duration = audio.size / SAMPLE_RATE
         if not has_speech(audio):
@@ -108,7 +121,7 @@ class FasterWhisperEngine:
                     for w in piece.words or []
                 ],
             )
-            for piece in pieces  # a generator: decoding happens here
+            for piece in _reporting(pieces, duration, progress)  # a generator: decoding happens here
         ]
         return Transcript(join_text(segments), info.language, segments, self.model_name, self.name, duration)
 
@@ -134,7 +147,9 @@ class OpenAIWhisperEngine:
             self._model.set_alignment_heads(checkpoint["alignment_heads"])
         self._model.to(self._device).eval()
 
-    def transcribe(self, wav_path: Path, *, language: str | None = None) -> Transcript:
+    def transcribe(
+        self, wav_path: Path, *, language: str | None = None, progress: Progress | None = None
+    ) -> Transcript:
         audio = load_audio(wav_path)
         duration = audio.size / SAMPLE_RATE
         if not has_speech(audio):  # openai-whisper has no VAD and may hallucinate on silence

@@ -43,6 +43,8 @@ def render_detail(detail: SourceDetail) -> RenderableType:
         status = (
             Text(f"processing {s.progress:.0f}%", style="yellow") if s.status == "processing" else state_text(s.status)
         )
+        if s.media is not None:
+            status.append(f"\n{s.media.describe()}", style="dim")
         stages.add_row(s.stage, status, str(s.attempts), took(s.seconds), error)
     parts: list[RenderableType] = [title, stages]
     if detail.excerpt:
