@@ -160,3 +160,65 @@ def video_without_audio(out: Path, seconds: float = 3.0) -> Path:
         capture_output=True,
     )
     return out
+
+
+def speech_track(text: str, speaker: str, out: Path, *, lead: float, seconds: float) -> Path:
+    """One utterance after ``lead`` s of silence, padded or cut to exactly ``seconds`` (16 kHz mono WAV)."""
+    spoken = say(text, speaker, out.with_suffix(".said.wav"))
+    subprocess.run(
+        ["sox", str(spoken), str(out), "pad", f"{lead}", f"{seconds}", "trim", "0", f"{seconds}"],
+        check=True,
+        capture_output=True,
+    )
+    spoken.unlink()
+    return out
+
+
+def clip_with_audio(audio: Path, out: Path, *, video_seconds: float, audio_delay: float = 0.0) -> Path:
+    """A clip as cameras and screen recorders leave one: ``video_seconds`` of H.264 video and the AAC
+    track as long as ``audio`` (no ``-shortest``, so it may stop before the video), starting
+    ``audio_delay`` s after the video (an MP4 edit list)."""
+    require_tools()
+    cmd = ["ffmpeg", "-y", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc=size=160x120:rate=10:d={video_seconds}"]
+    cmd += ["-itsoffset", f"{audio_delay}"] if audio_delay else []
+    cmd += ["-i", str(audio), "-map", "0:v", "-map", "1:a"]
+    cmd += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return out
+
+
+def concat_copy(clips: list[Path], out: Path) -> Path:
+    """Clips joined the way users join them: ffmpeg's concat demuxer and a stream copy, no re-encoding.
+
+    Each clip's audio track that stops before its video leaves a hole in the joined audio track,
+    which the MP4 stores as one long sample duration.
+    """
+    require_tools()
+    quoted = [str(clip.resolve()).replace("'", "'\\''") for clip in clips]
+    listing = out.with_suffix(".txt")
+    listing.write_text("".join(f"file '{path}'\n" for path in quoted))
+    joining = ["ffmpeg", "-y", "-loglevel", "error", "-f", "concat", "-safe", "0", "-i", str(listing)]
+    subprocess.run([*joining, "-c", "copy", str(out)], check=True, capture_output=True)
+    return out
+
+
+def speech_onsets(wav: Path, *, quiet_before: float = 1.0, threshold_dbfs: float = -40.0) -> list[float]:
+    """Seconds at which sound starts after at least ``quiet_before`` s of quiet: where utterances begin.
+
+    20 ms frames louder than ``threshold_dbfs`` count as sound; the pauses between an espeak
+    voice's words are far shorter than a second, so each utterance gives one onset.
+    """
+    import numpy as np
+
+    samples, rate = sf.read(str(wav), dtype="float32", always_2d=True)
+    frame = rate // 50
+    mono = samples.mean(axis=1)
+    frames = mono[: mono.size - mono.size % frame].reshape(-1, frame)
+    loud = np.mean(np.square(frames), axis=1) > 10 ** (threshold_dbfs / 10)
+    onsets: list[float] = []
+    quiet_run = int(quiet_before * 50)  # the file's start counts as quiet
+    for index, is_loud in enumerate(loud):
+        if is_loud and quiet_run >= quiet_before * 50:
+            onsets.append(index / 50)
+        quiet_run = 0 if is_loud else quiet_run + 1
+    return onsets
