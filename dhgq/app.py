@@ -17,8 +17,8 @@ STAGE_MODULES = [
     "dhgq.tasks.diarization",
     "dhgq.tasks.summarization",
 ]
-# Not a stage: delivers requests' webhooks on its own queue (the worker serves it with the stages).
-TASK_MODULES = [*STAGE_MODULES, "dhgq.tasks.webhook"]
+# Not stages: requests' webhooks and the daily gc, each on its own queue (the worker serves them with the stages).
+TASK_MODULES = [*STAGE_MODULES, "dhgq.tasks.webhook", "dhgq.tasks.gc"]
 
 
 def retry_strategy(settings: Settings) -> procrastinate.RetryStrategy:

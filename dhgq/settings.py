@@ -40,6 +40,16 @@ class Settings(BaseSettings):
     storage_root: Path | None = None
     temp_dir: Path | None = None
 
+    # Retention: what `dhgq gc` and the worker's daily dhgq.gc task remove (see dhgq/gc.py)
+    keep_audio_days: int = Field(
+        7, ge=0, description="days the extracted audio of a finished (completed or failed) source is kept"
+    )
+    keep_jobs_days: int = Field(30, ge=0, description="days finished Procrastinate jobs and their events are kept")
+    keep_leftovers_hours: int = Field(
+        24, ge=0, description="hours before scratch leftovers and audio files no row references are removed"
+    )
+    gc_periodic: bool = Field(True, description="whether the worker's daily dhgq.gc task collects")
+
     # Sources that are not local files: storage://BUCKET/KEY (Supabase Storage), gdrive://FILE_ID
     # (Google Drive), https:// URLs. Downloads stream into the temp dir, within these limits.
     supabase_url: str | None = Field(None, description="the project's URL, https://<ref>.supabase.co")

@@ -26,10 +26,11 @@ from dhgq.db import task_pool
 from dhgq.pipeline import Resources
 from dhgq.queries import query
 from dhgq.settings import STAGES, Settings, Stage
+from dhgq.tasks import gc as gc_task
 from dhgq.tasks import webhook
 
 logger = logging.getLogger("dhgq.worker")
-Queue = Stage | Literal["webhooks"]
+Queue = Stage | Literal["webhooks", "maintenance"]
 
 
 def run(
@@ -46,17 +47,22 @@ def run(
 
 
 def served_queues(queues: Sequence[Queue]) -> list[Queue]:
-    """The queues asked for, plus ``webhooks`` when they are every stage's (what ``dhgq worker`` asks by default)."""
+    """The queues asked for, plus ``webhooks`` and ``maintenance`` (the daily gc) when they are every stage's
+    (what ``dhgq worker`` asks by default)."""
     served = list(queues)
-    if set(STAGES) <= set(served) and webhook.QUEUE not in served:
-        served.append(webhook.QUEUE)
+    if set(STAGES) <= set(served):
+        served += [extra for extra in (webhook.QUEUE, gc_task.QUEUE) if extra not in served]
     return served
 
 
 def queue_concurrency(settings: Settings, queue: Queue, override: int | None) -> int:
     if override:
         return override
-    return webhook.CONCURRENCY if queue == webhook.QUEUE else settings.concurrency(queue)
+    if queue == webhook.QUEUE:
+        return webhook.CONCURRENCY
+    if queue == gc_task.QUEUE:
+        return gc_task.CONCURRENCY
+    return settings.concurrency(queue)
 
 
 async def _run(

@@ -8,6 +8,7 @@ from dhgq.cli import db, modal, models, pipeline
 from dhgq.cli.common import DhgqGroup, fail
 from dhgq.cli.demo import demo
 from dhgq.cli.eval import evaluate
+from dhgq.cli.gc import gc
 from dhgq.cli.monitor import monitor
 from dhgq.cli.worker import worker
 from dhgq.errors import DhgqError
@@ -31,6 +32,7 @@ app.command("dead-letter")(pipeline.dead_letter)
 app.command()(monitor)
 app.command()(worker)
 app.command("eval")(evaluate)
+app.command()(gc)
 app.add_typer(db.app, name="db")
 app.add_typer(models.app, name="models")
 app.add_typer(modal.app, name="modal")

@@ -12,7 +12,7 @@ from dhgq.db import database_url
 from dhgq.errors import ConfigurationError
 from dhgq.settings import STAGES
 
-QUEUES = (*STAGES, "webhooks")
+QUEUES = (*STAGES, "webhooks", "maintenance")
 
 
 def worker(

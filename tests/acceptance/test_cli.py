@@ -148,6 +148,7 @@ def test_status_overview_and_one_source(cli: CliRunner, conn: psycopg.Connection
             "completed_at": "2026-01-01T10:00:12.500000+00:00",
             "seconds": 12.5,
             "job_id": detail["stages"][0]["job_id"],
+            "media": None,  # a running model stage's audio seconds, realtime factor and ETA
         }
     ]
     by_name = as_json(run(cli, "status", "finished.mp4", "--json"))
