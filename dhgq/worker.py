@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -111,11 +112,7 @@ async def _serve(
         ]
 
     if not once:
-        workers = make_workers()
-        stop = _stop_on_signals(workers)
-        recovery = asyncio.create_task(_recover_forever(bound, resources, stop))
-        await asyncio.gather(*(w.run() for w in workers))
-        recovery.cancel()
+        await _serve_until_stopped(bound, resources, make_workers)
         return
     # --once: drain the queues; a finished stage may have queued the next, so go round until idle.
     while True:
@@ -126,14 +123,42 @@ async def _serve(
         await asyncio.sleep(0.5)  # e.g. a dead worker's job, not yet stalled: wait for it
 
 
-def _stop_on_signals(workers: list[Worker]) -> asyncio.Event:
+async def _serve_until_stopped(
+    bound: procrastinate.App, resources: Resources, make_workers: Callable[[], list[Worker]]
+) -> None:
+    """Serve until a signal says stop; workers that stop by themselves are started again.
+
+    Procrastinate stops a worker when one of its side tasks fails, and its LISTEN connection fails
+    when the database restarts: without this, a restart of the database would end ``dhgq worker``.
+    Jobs in hand finish first; the jobs of the restart window are found again by their queue.
+    """
+    workers: list[Worker] = []
+    stop = _stop_on_signals(lambda: workers)
+    recovery = asyncio.create_task(_recover_forever(bound, resources, stop))
+    delay = 1.0
+    while not stop.is_set():
+        workers[:] = make_workers()
+        started = time.monotonic()
+        await asyncio.gather(*(w.run() for w in workers), return_exceptions=True)
+        if stop.is_set():
+            break
+        delay = 1.0 if time.monotonic() - started > 60 else min(delay * 2, 30.0)
+        logger.warning("the queue workers stopped (is the database restarting?): starting them again in %.0f s", delay)
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+        except TimeoutError:
+            pass
+    recovery.cancel()
+
+
+def _stop_on_signals(workers: Callable[[], list[Worker]]) -> asyncio.Event:
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
         logger.info("stopping: the jobs in hand finish first")
         stopped.set()
-        for worker in workers:
+        for worker in workers():
             worker.stop()
 
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -45,6 +45,15 @@ def pg_home() -> Iterator[Path]:
     shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.fixture
+def server_home() -> Iterator[Path]:
+    """A home for a test's own embedded server, outside pytest's temp root: pytest makes that root private
+    (0700) at every session start, which would lock the server's unprivileged user out of its data dir."""
+    home = Path(tempfile.mkdtemp(prefix="dhgq-test-server-"))
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def pg_server(pg_home: Path) -> Iterator[EmbeddedServer]:
     server = EmbeddedServer(pg_home, superuser="supabase_admin")

@@ -137,8 +137,8 @@ def test_sigkill_mid_stage_completes_once(db_url: str, talk: Path, tmp_path: Pat
     assert scalar(db_url, "SELECT count(*) FROM dhgq.audio_processing_stages WHERE source_id=%s", (source_id,)) == 4
 
 
-def test_database_restart_mid_run(tmp_path: Path, talk: Path) -> None:
-    server = EmbeddedServer(tmp_path / "own-server")
+def test_database_restart_mid_run(tmp_path: Path, server_home: Path, talk: Path) -> None:
+    server = EmbeddedServer(server_home)
     url = server.start().url()
     migrations.migrate(url)
     sources = [insert_source(url, talk) for _ in range(3)]

@@ -20,8 +20,8 @@ def dhgq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "dhgq", *args], env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_start_reuse_and_stop(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "DHGQ_DATABASE_URL"} | {"DHGQ_HOME": str(tmp_path)}
+def test_start_reuse_and_stop(server_home: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DHGQ_DATABASE_URL"} | {"DHGQ_HOME": str(server_home)}
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "dhgq", "db", "start", "--json"], env=env, stdout=subprocess.PIPE, text=True
@@ -53,14 +53,14 @@ def test_bad_database_url_is_one_line(tmp_path: Path) -> None:
     assert "s3cret" not in result.stderr + result.stdout
 
 
-def test_self_contained_server_wheel_works(tmp_path: Path) -> None:
+def test_self_contained_server_wheel_works(server_home: Path) -> None:
     """Where the machine has no PostgreSQL, the binaries of the pgserver wheel serve instead."""
     from dhgq import migrations
     from dhgq.embedded import _pgserver_bin_dir
 
     bin_dir = _pgserver_bin_dir()
     assert bin_dir is not None, "the pgserver wheel is a dependency of dhgq"
-    server = EmbeddedServer(tmp_path, bin_dir)
+    server = EmbeddedServer(server_home, bin_dir)
     info = server.start()
     try:
         assert migrations.migrate(info.url())
@@ -80,9 +80,9 @@ def no_ambient_password(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytes
 
 
 @pytest.fixture
-def started(tmp_path: Path) -> Iterator[EmbeddedServer]:
+def started(server_home: Path) -> Iterator[EmbeddedServer]:
     """A server of its own (not the suite's), stopped after the test."""
-    server = EmbeddedServer(tmp_path, superuser="supabase_admin")
+    server = EmbeddedServer(server_home, superuser="supabase_admin")
     server.start()
     yield server
     server.stop()
@@ -97,17 +97,17 @@ def assert_password_required(info: ServerInfo) -> None:
         psycopg.connect(f"postgresql://{info.user}@127.0.0.1:{info.port}/postgres", connect_timeout=5).close()
 
 
-def test_fresh_server_needs_its_generated_password(tmp_path: Path) -> None:
-    server = EmbeddedServer(tmp_path)
+def test_fresh_server_needs_its_generated_password(server_home: Path) -> None:
+    server = EmbeddedServer(server_home)
     info = server.start()
     try:
         assert info.user == "postgres"
         assert_password_required(info)
-        password_file = tmp_path / "pg" / "password"
+        password_file = server_home / "pg" / "password"
         assert password_file.read_text().strip() == info.password
         assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
         assert password_file.stat().st_uid == os.geteuid()  # the user running dhgq, not the service user
-        assert not list((tmp_path / "pg").glob(".initdb-pwfile-*"))  # initdb's copy is gone
+        assert not list((server_home / "pg").glob(".initdb-pwfile-*"))  # initdb's copy is gone
         assert info.password not in repr(info)
         with psycopg.connect(info.url()) as conn:
             assert conn.execute(
@@ -115,15 +115,15 @@ def test_fresh_server_needs_its_generated_password(tmp_path: Path) -> None:
             ).fetchone() == (True,)
     finally:
         assert server.stop()
-    again = EmbeddedServer(tmp_path).start()  # a restart reads the same password back
+    again = EmbeddedServer(server_home).start()  # a restart reads the same password back
     try:
         assert again.password == info.password
         assert_password_required(again)
     finally:
-        assert EmbeddedServer(tmp_path).stop()
+        assert EmbeddedServer(server_home).stop()
 
 
-def test_superuser_name_is_configurable_and_remembered(started: EmbeddedServer, tmp_path: Path) -> None:
+def test_superuser_name_is_configurable_and_remembered(started: EmbeddedServer, server_home: Path) -> None:
     from dhgq.errors import ConfigurationError
 
     info = started.status()
@@ -132,19 +132,19 @@ def test_superuser_name_is_configurable_and_remembered(started: EmbeddedServer, 
     with psycopg.connect(info.url("postgres"), autocommit=True) as conn:
         conn.execute("CREATE ROLE postgres LOGIN")  # free to exist as an ordinary role, as on hosted Supabase
         assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = 'postgres'").fetchone() == (False,)
-    found = EmbeddedServer(tmp_path).status()  # default arguments: the name comes from server.json
+    found = EmbeddedServer(server_home).status()  # default arguments: the name comes from server.json
     assert found is not None
     assert (found.user, found.password, found.port) == (info.user, info.password, info.port)
-    assert EmbeddedServer(tmp_path).start() == info
+    assert EmbeddedServer(server_home).start() == info
     with pytest.raises(ConfigurationError, match="supabase_admin"):
-        EmbeddedServer(tmp_path, superuser="someone_else").start()
+        EmbeddedServer(server_home, superuser="someone_else").start()
 
 
-def test_trust_data_directory_is_upgraded_to_passwords(tmp_path: Path) -> None:
+def test_trust_data_directory_is_upgraded_to_passwords(server_home: Path) -> None:
     """A data directory initialised by an older dhgq (``initdb -A trust``) asks for a password after start()."""
     from dhgq.embedded import _demote, _make_traversable, _service_user, find_bin_dir
 
-    root = tmp_path / "pg"
+    root = server_home / "pg"
     root.mkdir()
     user = _service_user()
     if user is not None:
@@ -169,7 +169,7 @@ def test_trust_data_directory_is_upgraded_to_passwords(tmp_path: Path) -> None:
         env={**os.environ, "LC_ALL": "C.UTF-8"},
     )
     assert not (root / "password").exists()
-    server = EmbeddedServer(tmp_path)
+    server = EmbeddedServer(server_home)
     info = server.start()
     try:
         assert info.user == "postgres"
@@ -183,7 +183,7 @@ def test_trust_data_directory_is_upgraded_to_passwords(tmp_path: Path) -> None:
         assert info.password not in (root / "server.log").read_text()
     finally:
         assert server.stop()
-    again = EmbeddedServer(tmp_path).start()  # after a restart: the rewritten pg_hba.conf, the stored password
+    again = EmbeddedServer(server_home).start()  # after a restart: the rewritten pg_hba.conf, the stored password
     try:
         assert again.password == info.password
         assert_password_required(again)

@@ -222,3 +222,49 @@ def speech_onsets(wav: Path, *, quiet_before: float = 1.0, threshold_dbfs: float
             onsets.append(index / 50)
         quiet_run = 0 if is_loud else quiet_run + 1
     return onsets
+
+
+# -- dialogues in any espeak-ng voice (tests/support/voices.py: the voice matrix) ----------------
+
+Voice = tuple[str, int, int]  # espeak-ng voice (language+variant), pitch 0-99, speed in wpm
+
+
+def say_with(text: str, voice: Voice, out: Path) -> Path:
+    """One utterance in the given voice as 16 kHz mono 16-bit WAV (``say`` for voices not in VOICES)."""
+    name, pitch, speed = voice
+    raw = out.with_suffix(".raw.wav")
+    subprocess.run(
+        ["espeak-ng", "-v", name, "-p", str(pitch), "-s", str(speed), "-w", str(raw), text],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out)], check=True, capture_output=True)
+    raw.unlink()
+    return out
+
+
+def converse(
+    script: list[tuple[str, str]],
+    voices: dict[str, Voice],
+    out: Path,
+    pauses: list[float],
+    lead: float = 0.3,
+) -> Reference:
+    """Like ``dialogue``, with each speaker's voice given and a pause of its own after each line."""
+    require_tools()
+    if len(pauses) < len(script):
+        raise ValueError("one pause per line of the script")
+    work = out.parent / f"{out.stem}_parts"
+    work.mkdir(parents=True, exist_ok=True)
+    parts: list[Path] = [silence(lead, work / "lead.wav")]
+    turns: list[tuple[float, float, str]] = []
+    clock = lead
+    for index, ((speaker, text), pause) in enumerate(zip(script, pauses, strict=False)):
+        part = say_with(text, voices[speaker], work / f"{index:03d}.wav")
+        length = sf.info(str(part)).duration
+        turns.append((clock, clock + length, speaker))
+        parts += [part, silence(pause, work / f"{index:03d}-pause.wav")]
+        clock += length + pause
+    subprocess.run(["sox", *map(str, parts), str(out)], check=True, capture_output=True)
+    shutil.rmtree(work)
+    return Reference(audio=out, words=" ".join(text for _, text in script), turns=turns)

@@ -1,0 +1,181 @@
+"""A matrix of espeak-ng voices that CAM++ hears as different people, and dialogues between them.
+
+The diarizer's tests used to rest on a few voice pairs chosen while it was tuned. This module
+gives voices nobody tuned for: eight espeak-ng voices across accents (US, New York, British,
+Received Pronunciation, Scottish, West Midlands, Caribbean) and sexes, and conversations between
+every pair of them and some groups of three and four, on sentences of their own (none from the
+scripts in speech.py), with pauses of varied length between the lines.
+
+Which voices are different people? Measured, not assumed (``python -m tests.support.voices``
+prints the table): each voice says four sentences, each sentence gets a CAM++ embedding (the full
+network, as in ``SpeakerEmbedder.embed``), and two voices are "distinct" when the mean cosine
+similarity across their sentences stays well below each voice's similarity to itself. On this
+machine's espeak-ng 1.51 every voice here is at 0.87-0.96 to itself and at most 0.62 to any
+other (``en-us`` and ``en-gb-x-rp+f1``), so all 28 pairs are distinct.
+
+What does *not* count as distinct, from the same measurement (do not put these in the matrix):
+
+* the accents of one espeak variant: ``en-us``, ``en-gb``, ``en-gb-scotland``, ``en-029`` and
+  ``en-us-nyc`` in their default (male) variant sit at 0.89-0.92 to one another against 0.93-0.95
+  to themselves: one voice to CAM++, and one voice to the segmentation model too (it tracks a
+  dialogue of ``en-us`` and ``en-gb`` as one local speaker in every window);
+* ``en-gb+f3``, ``en-gb+f1`` etc.: espeak-ng ignores a variant after ``en-gb`` (the output is
+  byte for byte ``en-gb``'s, a male voice) and ``en-in`` does not exist (it falls back to
+  ``en-gb``). A female British voice is ``en+f3`` or ``en-gb-x-rp+f1``;
+* one variant in two accents (``en+f3`` / ``en-gb-x-rp+f3`` / ``en-us+f3``: 0.84-0.89), and the
+  close variants ``f2``/``f5``, ``f3``/``f4``, ``rob``/``robert``, ``linda``/``belinda``,
+  ``klatt``/``caleb`` (0.81-0.91).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.speech import Reference, Voice, converse
+
+# name: (espeak-ng voice, pitch, speed). Sex and accent are in the name.
+DISTINCT_VOICES: dict[str, Voice] = {
+    "us_male": ("en-us", 45, 160),
+    "british_female": ("en+f3", 60, 160),
+    "scottish_male": ("en-gb-scotland+m7", 50, 155),
+    "rp_female": ("en-gb-x-rp+f1", 55, 165),
+    "caribbean_male": ("en-029+david", 50, 150),
+    "us_female": ("en-us+anika", 50, 165),
+    "newyork_male": ("en-us-nyc+travis", 50, 160),
+    "midlands_female": ("en-gb-x-gbcwmd+steph", 50, 160),
+}
+
+# Natural lines of everyday conversation, none of them from speech.py's scripts.
+LINES: list[str] = [
+    "I finally finished the report on the quarterly numbers last night.",
+    "Did the figures from the northern region ever arrive?",
+    "They came in on Tuesday, and they look better than anyone predicted.",
+    "Then we should share them with the board before Friday morning.",
+    "I will send a short summary today and the full tables tomorrow.",
+    "Remember to include the chart about customer growth, they always ask for it.",
+    "The train to the coast was late again, so I read the whole newspaper on the platform.",
+    "My sister grows tomatoes and beans in a small garden behind her house.",
+    "We could meet on Thursday afternoon if the weather stays dry.",
+    "Nobody expected the old library to reopen, but the volunteers painted every wall.",
+    "Have you tried the new bakery on the corner of the high street?",
+    "Their bread is wonderful, although the queue is far too long on Saturdays.",
+    "I think the heating in the office has been broken since Monday.",
+    "Someone from facilities promised to come and look at it this week.",
+    "The children built a kite out of newspaper and string during the holidays.",
+    "It flew for about ten seconds before it landed in the neighbour's hedge.",
+    "Could you check whether the conference room is free at three o'clock?",
+    "It is booked until four, but the small room upstairs is empty.",
+    "My grandfather used to repair clocks in a workshop full of tiny drawers.",
+    "He could tell what was wrong with a watch just by listening to it.",
+    "The recipe says two cups of flour, but I always add a little more.",
+    "That explains why your pancakes are so thick and fluffy.",
+    "We drove through the mountains and stopped at every single viewpoint.",
+    "The photographs are lovely, especially the one with the lake at sunrise.",
+    "I am not sure the budget will stretch to a second printer.",
+    "Perhaps we can borrow one from the design team until the spring.",
+    "The museum has a new exhibition about ships and the people who sailed them.",
+    "I went last weekend and spent an hour looking at the maps alone.",
+    "Our flight leaves very early, so we will need a taxi at five.",
+    "I can drive you to the airport if you do not mind a small car.",
+    "The garden centre is selling apple trees at half price this month.",
+    "We planted two of them last year, and one already has fruit.",
+    "Let me know when the new laptops arrive, I have a long list of questions.",
+    "The delivery was delayed, but the supplier says Wednesday at the latest.",
+    "Honestly, the best part of the trip was the food at the little harbour cafe.",
+    "The soup there is famous, people drive for miles just to taste it.",
+    "Who is bringing the projector to the workshop tomorrow?",
+    "I packed it this morning together with all the cables.",
+    "The river flooded the lower field again after the storm.",
+    "The farmer says the sheep were moved to higher ground just in time.",
+]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One generated conversation: who takes part, in which order they speak."""
+
+    speakers: tuple[str, ...]
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return "-".join(self.speakers)
+
+    def script(self) -> tuple[list[tuple[str, str]], list[float]]:
+        """Lines and the pause after each: every speaker talks at least twice, never twice in a row."""
+        rng = random.Random(self.seed)
+        turns = {2: 6, 3: 8, 4: 9}[len(self.speakers)]
+        order: list[str] = []
+        while len(order) < turns:
+            choices = [s for s in self.speakers if not order or s != order[-1]]
+            unheard = [s for s in choices if order.count(s) < 2]  # everyone twice before anyone a third time
+            order.append(rng.choice(unheard or choices))
+        lines = rng.sample(LINES, turns)
+        pauses = [round(rng.uniform(0.25, 1.2), 2) for _ in order]
+        return list(zip(order, lines, strict=True)), pauses
+
+    def generate(self, folder: Path) -> Reference:
+        script, pauses = self.script()
+        folder.mkdir(parents=True, exist_ok=True)
+        return converse(script, DISTINCT_VOICES, folder / f"{self.name}.wav", pauses)
+
+
+def matrix_cases() -> list[Case]:
+    """Every pair of the distinct voices, and groups of three and four mixing accents and sexes."""
+    names = list(DISTINCT_VOICES)
+    pairs = [Case(pair, seed=index) for index, pair in enumerate(itertools.combinations(names, 2))]
+    groups = [
+        ("us_male", "british_female", "scottish_male"),
+        ("rp_female", "caribbean_male", "us_female"),
+        ("newyork_male", "midlands_female", "british_female"),
+        ("scottish_male", "us_female", "caribbean_male"),
+        ("us_male", "rp_female", "newyork_male", "midlands_female"),
+        ("british_female", "scottish_male", "us_female", "caribbean_male"),
+        ("us_male", "us_female", "newyork_male", "rp_female"),
+    ]
+    return pairs + [Case(group, seed=100 + index) for index, group in enumerate(groups)]
+
+
+def similarity_table(folder: Path) -> tuple[list[str], list[list[float]]]:
+    """Mean CAM++ cosine similarity between the voices' sentences (diagonal: a voice to itself)."""
+    import numpy as np
+    import soundfile as sf
+
+    from dhgq.media.diarization.audio import normalise_loudness
+    from dhgq.media.diarization.models import SpeakerEmbedder
+    from tests.support.speech import say_with
+
+    embedder = SpeakerEmbedder()
+    sentences = LINES[6:10]
+    vectors = {}
+    for name, voice in DISTINCT_VOICES.items():
+        units = []
+        for index, text in enumerate(sentences):
+            audio, _ = sf.read(str(say_with(text, voice, folder / f"{name}-{index}.wav")), dtype="float32")
+            vector = embedder.embed([embedder.fbank(normalise_loudness(audio))])[0]
+            units.append(vector / np.linalg.norm(vector))
+        vectors[name] = np.stack(units)
+    names = list(vectors)
+    table = []
+    for a in names:
+        row = []
+        for b in names:
+            similarity = vectors[a] @ vectors[b].T
+            if a == b:
+                similarity = similarity[~np.eye(len(similarity), dtype=bool)]
+            row.append(float(similarity.mean()))
+        table.append(row)
+    return names, table
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        voice_names, rows = similarity_table(Path(tmp))
+    print("voice".ljust(16) + " ".join(n[:7].rjust(7) for n in voice_names))
+    for voice_name, row in zip(voice_names, rows, strict=True):
+        print(voice_name.ljust(16) + " ".join(f"{x:7.2f}" for x in row))
