@@ -214,12 +214,12 @@ def report_progress(
 
 class MediaProgress:
     """A model stage's progress in audio seconds, turned into a percentage, a realtime factor and an
-    ETA on the stage row, at most every ``every`` seconds (a long talk reports many times, cheaply)."""
+    ETA on the stage row, at most every ``progress_every`` seconds (a long talk reports often, cheaply)."""
 
     START, END = 5.0, 95.0  # what the stage row shows before the model starts and when it reports all
 
-    def __init__(self, resources: Resources, job: StageJob, every: float = 2.0) -> None:
-        self.resources, self.job, self.every = resources, job, every
+    def __init__(self, resources: Resources, job: StageJob) -> None:
+        self.resources, self.job, self.every = resources, job, resources.settings.progress_every
         self.started = time.monotonic()
         self._last = float("-inf")
 

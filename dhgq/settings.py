@@ -87,6 +87,7 @@ class Settings(BaseSettings):
     stage_timeout_base: float = Field(120.0, gt=0, description="seconds per stage, plus the factor below")
     stage_timeout_per_audio_second: float = Field(2.0, ge=0)
     stalled_after: float = Field(30.0, gt=0, description="seconds without a worker heartbeat")
+    progress_every: float = Field(2.0, gt=0, description="seconds between progress writes of a running model stage")
 
     # Models
     whisper_engine: Literal["faster-whisper", "openai-whisper"] = "faster-whisper"

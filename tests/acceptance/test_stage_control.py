@@ -51,7 +51,8 @@ def test_progress_rises_in_steps_then_cancel_stops_the_model_process(
     db_url: str, long_talk: Path, tmp_path: Path
 ) -> None:
     source_id = insert_source(db_url, long_talk)
-    worker = start_worker(worker_env(db_url, tmp_path / "home", DHGQ_MODEL_THREADS="1"), tmp_path / "worker.log")
+    env = worker_env(db_url, tmp_path / "home", DHGQ_MODEL_THREADS="1", DHGQ_PROGRESS_EVERY="0.1")
+    worker = start_worker(env, tmp_path / "worker.log")
     try:
         wait_for(lambda: transcription_detail(db_url, source_id)[0] == "processing", 180, "transcription to start")
         seen: list[tuple[float, dict]] = []
@@ -62,7 +63,7 @@ def test_progress_rises_in_steps_then_cancel_stops_the_model_process(
                 break
             if detail and (not seen or progress > seen[-1][0]):
                 seen.append((progress, detail))
-            time.sleep(0.2)
+            time.sleep(0.05)
         assert len(seen) >= 3, f"progress seen: {seen}"
         assert all(5 < p < 100 for p, _ in seen) and seen[0][0] < seen[-1][0]
         last = seen[-1][1]
