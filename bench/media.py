@@ -22,6 +22,7 @@ from bench.report import Section, skipped, table, verdict
 from dhgq.migrations import migrate
 
 TITLE = "Media stages (local engines)"
+LONG_MINUTES = 60  # the long talk: time and memory must stay linear in the length
 TARGET_OVERHEAD = 0.05
 TARGET_WORKER_MB = 1500  # issue 9: peak memory of a worker on a 10-minute talk
 OPENAI_SECONDS = 60.0  # openai-whisper runs on this much of the talk
@@ -103,6 +104,8 @@ def run_section(pg: Postgres, workdir: Path, minutes: int) -> tuple[Section, dic
             ]
         )
     whole = _whole_pipeline(pg, workdir, talk)
+    long_minutes = LONG_MINUTES if minutes >= 10 else 2 * minutes  # --smoke: a 2-minute "long" talk
+    long_text, long_results = _long_talk(pg, workdir, long_minutes, audio, dict(results))
     body = "\n".join(
         [
             f"A generated two-speaker talk of {audio / 60:.1f} minutes (espeak-ng voices, MP4 with a video "
@@ -111,9 +114,77 @@ def run_section(pg: Postgres, workdir: Path, minutes: int) -> tuple[Section, dic
             "loading excluded, shown apart); peak RSS is the process's (or its ffmpeg child's) largest.\n",
             table(("stage", "work s", "realtime factor", "model load s", "peak RSS MiB", "note"), rows),
             whole,
+            long_text,
         ]
     )
-    return Section(TITLE, body), {"stages": results}
+    return Section(TITLE, body), {"stages": results, "long": long_results}
+
+
+def _long_talk(
+    pg: Postgres, workdir: Path, minutes: int, short_audio: float, short: dict[str, dict[str, Any]]
+) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
+    """The same measurements on a talk of ``minutes``: each stage's realtime factor and peak RSS
+    next to the short talk's, and the peak memory of a ``dhgq worker --once`` that runs it."""
+    heading = f"### A {minutes}-minute talk\n"
+    try:
+        talk = make_talk(workdir / "media", minutes)
+    except Exception as exc:  # noqa: BLE001
+        return f"{heading}\nSkipped: could not generate the talk: {exc}.\n", []
+    print(f"  long talk: {talk}", file=sys.stderr)
+    extracted = in_child(media_stages.extraction, str(talk), str(workdir / "media" / f"extracted-{minutes}m"))
+    if "skipped" in extracted:
+        return f"{heading}\nSkipped: extraction failed: {extracted['skipped']}.\n", []
+    audio = float(extracted["audio_seconds"])
+    wav = extracted["wav"]
+    results: list[tuple[str, dict[str, Any]]] = [
+        ("extraction (ffmpeg → 16 kHz WAV)", extracted),
+        ("transcription: faster-whisper tiny.en int8", in_child(media_stages.transcription, wav, "faster-whisper")),
+        ("diarization: local", in_child(media_stages.diarization, wav)),
+    ]
+    rows = []
+    for name, result in results:
+        before = short.get(name, {})
+        factor = audio / result["seconds"] if "seconds" in result else None
+        short_factor = before.get("audio_seconds", short_audio) / before["seconds"] if "seconds" in before else None
+        note = f"skipped: {result['skipped']}" if "skipped" in result else ""
+        if "speakers" in result:
+            note = f"{result['speakers']} speaker(s) found"
+        peaks = [result.get("peak_rss_mb"), before.get("peak_rss_mb")]
+        rows.append([name, result.get("seconds"), factor, short_factor, *peaks, note])
+    worker = _worker_run(pg, workdir, talk, f"media_long_{minutes}")
+    if isinstance(worker, str):
+        worker_text = f"`dhgq worker --once` on this talk did not complete the pipeline ({worker}).\n"
+    else:
+        memory, stages, seconds = worker
+        worker_text = (
+            f"`dhgq worker --once` on this talk: {seconds:,.0f} s wall, stage seconds "
+            + ", ".join(f"{stage} {value:,.1f}" for stage, value in stages.items() if value is not None)
+            + f". Peak memory of the worker and its {memory.most_processes - 1} child process(es): "
+            f"{memory.peak_pss_mb:,.0f} MiB PSS, {memory.peak_rss_mb:,.0f} MiB summed RSS. Target under "
+            f"{TARGET_WORKER_MB:,} MB: {verdict(memory.peak_pss_mb * MIB / 1e6 < TARGET_WORKER_MB)}.\n"
+        )
+    text = "\n".join(
+        [
+            heading,
+            f"The talk repeated to {audio / 60:.1f} minutes, each stage in a fresh process as above; the short "
+            "talk's figures alongside. Time and memory should grow linearly with the length: the realtime "
+            "factor should hold and the peak stay flat where a stage streams its input.\n",
+            table(
+                (
+                    "stage",
+                    "work s",
+                    "realtime factor",
+                    "realtime factor, short talk",
+                    "peak RSS MiB",
+                    "peak RSS MiB, short talk",
+                    "note",
+                ),
+                rows,
+            ),
+            worker_text,
+        ]
+    )
+    return text, results
 
 
 def _excerpt(wav: Path, seconds: float) -> tuple[Path, float]:
@@ -143,35 +214,14 @@ def _whole_pipeline(pg: Postgres, workdir: Path, talk: Path) -> str:
     if script.returncode != 0:
         return f"Whole pipeline: skipped, the plain script failed: {_last_line(script.stderr)}.\n"
     script_stages = json.loads(script.stdout.strip().splitlines()[-1])["stages"]
-    url = pg.database("media")
-    migrate(url)  # migrations added since the run began (the worker refuses a schema behind the code)
-    with psycopg.connect(url, autocommit=True) as conn:
-        source_id = one(conn, INSERT_SOURCE, (talk.name, str(talk)))[0]
-    env = worker_env({"DHGQ_DATABASE_URL": url, "DHGQ_HOME": str(workdir / "media" / "dhgq-home")})
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dhgq", "worker", "--once"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env=env,
-    )
-    with PeakTreeMemory(process.pid) as memory:
-        stdout, stderr = process.communicate()
-    worker = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-    worker_seconds = time.perf_counter() - started
-    with psycopg.connect(url, autocommit=True) as conn:
-        stages = conn.execute(STAGE_ROWS, (source_id,)).fetchall()
-    failed = [f"{stage}: {status} {error or ''}".strip() for stage, status, error, _ in stages if status != "completed"]
-    if worker.returncode != 0 or failed or len(stages) < 4:
-        reason = "; ".join([*failed, f"exit code {worker.returncode}: {_last_line(worker.stderr)}"])
+    worker = _worker_run(pg, workdir, talk, "media")
+    if isinstance(worker, str):
         return (
             f"Whole pipeline: the plain script took {script_seconds:.1f} s; `dhgq worker --once` did not "
-            f"complete the pipeline ({reason}), so no overhead figure.\n"
+            f"complete the pipeline ({worker}), so no overhead figure.\n"
         )
+    memory, per_stage, worker_seconds = worker
     overhead = (worker_seconds - script_seconds) / script_seconds
-    per_stage = {stage: seconds for stage, _, _, seconds in stages}
     rows = [[stage, script_stages.get(stage), per_stage.get(stage)] for stage in script_stages]
     rows.append(["whole process, wall", script_seconds, worker_seconds])
     return "\n".join(
@@ -192,6 +242,36 @@ def _whole_pipeline(pg: Postgres, workdir: Path, talk: Path) -> str:
             f"{'' if memory.peak_rss_mb * MIB / 1e6 < TARGET_WORKER_MB else ' by PSS, missed by summed RSS'}.\n",
         ]
     )
+
+
+def _worker_run(
+    pg: Postgres, workdir: Path, talk: Path, database: str
+) -> tuple[PeakTreeMemory, dict[str, float | None], float] | str:
+    """``dhgq worker --once`` on one source in a fresh database: its tree's peak memory, the
+    stage rows' seconds and the wall time; or why it did not complete the pipeline."""
+    url = pg.database(database)
+    migrate(url)  # migrations added since the run began (the worker refuses a schema behind the code)
+    with psycopg.connect(url, autocommit=True) as conn:
+        source_id = one(conn, INSERT_SOURCE, (talk.name, str(talk)))[0]
+    env = worker_env({"DHGQ_DATABASE_URL": url, "DHGQ_HOME": str(workdir / "media" / "dhgq-home")})
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dhgq", "worker", "--once"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    with PeakTreeMemory(process.pid) as memory:
+        _, stderr = process.communicate()
+    seconds = time.perf_counter() - started
+    with psycopg.connect(url, autocommit=True) as conn:
+        stages = conn.execute(STAGE_ROWS, (source_id,)).fetchall()
+    failed = [f"{stage}: {status} {error or ''}".strip() for stage, status, error, _ in stages if status != "completed"]
+    if process.returncode != 0 or failed or len(stages) < 4:
+        return "; ".join([*failed, f"exit code {process.returncode}: {_last_line(stderr)}"])
+    return memory, {stage: value for stage, _, _, value in stages}, seconds
 
 
 def _slots() -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from dhgq.errors import ConfigurationError
 from dhgq.evaluation import (
@@ -24,10 +25,18 @@ from dhgq.evaluation import (
     word_errors,
 )
 from dhgq.media.diarization import clustering
-from dhgq.media.diarization.audio import normalise_loudness, read_audio
+from dhgq.media.diarization.audio import (
+    ArraySource,
+    FileSource,
+    normalise_loudness,
+    open_audio,
+    read_audio,
+    source_gain,
+)
 from dhgq.media.diarization.engines import DiarizationEngine, load_diarizer
+from dhgq.media.diarization.features import FeatureStore, pooled_statistics
 from dhgq.media.diarization.resegment import resegment
-from dhgq.media.diarization.split import SplitCheck, separation, split_merged_speakers
+from dhgq.media.diarization.split import SplitCheck, separation, split_merged_speakers, turn_agreement
 from dhgq.media.types import Diarization, SpeakerCount, SpeakerTurn, Transcript
 from tests.support.speech import FOUR_SPEAKER_SCRIPT, TWO_SPEAKER_SCRIPT, Reference, dialogue
 
@@ -53,6 +62,50 @@ def test_quiet_audio_is_brought_to_speech_level_without_clipping() -> None:
     assert 20 * np.log10(np.sqrt(np.mean(louder**2))) > -25
     assert np.max(np.abs(louder)) < 1.0
     assert np.array_equal(normalise_loudness(np.zeros(100, np.float32)), np.zeros(100, np.float32))
+
+
+def test_a_streamed_file_reads_as_the_normalised_whole(tmp_path: Path) -> None:
+    """Blocks of a 16 kHz file, with the gain found in one pass, are the samples of
+    normalise_loudness(read_audio(...)); other rates are read whole and resampled."""
+    rng = np.random.default_rng(2)
+    t = np.arange(16000 * 7 + 123) / 16000
+    quiet = 0.02 * np.sin(2 * np.pi * 220 * t) * (t > 2) + 0.002 * rng.standard_normal(len(t))
+    sf.write(tmp_path / "talk.wav", quiet, 16000, subtype="PCM_16")
+    sf.write(tmp_path / "cd.wav", quiet[:16000], 16000 * 2, subtype="PCM_16")
+    whole = normalise_loudness(read_audio(tmp_path / "talk.wav"))
+    with open_audio(tmp_path / "talk.wav", min_length=16000 * 8) as source:
+        assert isinstance(source, FileSource) and source.real_length == len(whole)
+        source.gain = source_gain(source, block=16000 * 2)
+        streamed = np.concatenate([source.read(s, s + 5000) for s in range(0, source.length, 5000)])
+    assert len(streamed) == 16000 * 8 + 5000 - (16000 * 8) % 5000
+    assert np.array_equal(streamed[: len(whole)], whole) and not streamed[len(whole) :].any()
+    with open_audio(tmp_path / "cd.wav") as other:
+        assert isinstance(other, ArraySource) and abs(other.length - 8000) <= 1
+    silent = ArraySource(np.zeros(3000, np.float32))
+    assert source_gain(silent) is None
+
+
+@pytest.mark.parametrize("spill", [False, True])
+def test_feature_store_reads_back_what_was_appended(spill: bool) -> None:
+    rng = np.random.default_rng(4)
+    blocks = [torch.from_numpy(rng.standard_normal((n, 6)).astype(np.float32)) for n in (5, 1, 7, 3)]
+    store = FeatureStore(6, spill=spill)
+    for block in blocks:
+        store.append(block)
+    everything = torch.cat(blocks).to(torch.float16)
+    try:
+        assert len(store) == 16 and store.spilled == spill
+        for lo, hi in ((0, 16), (3, 9), (5, 6), (14, 40), (9, 9)):
+            assert torch.equal(store.rows(lo, hi), everything[lo:hi])
+        selections = [np.array([0, 2, 4]), np.array([6, 7, 8, 9]), np.array([1, 15])]
+        stats = pooled_statistics(store, selections, span=4)
+        for row, index in zip(stats, selections, strict=True):
+            chosen = everything[torch.from_numpy(index)].float()
+            assert torch.allclose(row, torch.cat([chosen.mean(dim=0), chosen.std(dim=0)]))
+    finally:
+        store.close()
+    assert FeatureStore.for_rows(1000, 512, spill_bytes=10**6).spilled
+    assert not FeatureStore.for_rows(10, 512, spill_bytes=10**6).spilled
 
 
 def test_filterbank_matches_senkos_extractor() -> None:
@@ -199,6 +252,76 @@ def test_split_check_honours_the_speaker_limit_and_needs_enough_speech() -> None
     assert split_merged_speakers(binary, times, times, pool, feature_step=0.02, check=short)[0].shape[1] == 1
 
 
+def _conversation(turns: list[int], voice_of_piece, turn_seconds: float = 5.0, gap: float = 0.5):
+    """One first-pass speaker over turns of ``turn_seconds`` separated by silent ``gap``s; the
+    embedding of a piece is ``voice_of_piece(turn index, piece's first frame)`` plus a little noise."""
+    step = 0.02
+    rng = np.random.default_rng(1)
+    per_turn, per_gap = int(turn_seconds / step), int(gap / step)
+    frames = len(turns) * (per_turn + per_gap)
+    times = np.arange(frames) * step
+    binary = np.zeros((frames, 1))
+    turn_of = np.full(frames, -1)
+    for t in range(len(turns)):
+        start = t * (per_turn + per_gap)
+        binary[start : start + per_turn, 0] = 1
+        turn_of[start : start + per_turn] = t
+    truth = np.array([turns[t] if t >= 0 else -1 for t in turn_of])
+
+    def pool(selections: list[np.ndarray]) -> np.ndarray:
+        return np.stack([voice_of_piece(turn_of[s[0]], s[0]) + 0.01 * rng.standard_normal(32) for s in selections])
+
+    return times, truth, binary, pool
+
+
+def test_split_check_parts_close_voices_when_the_halves_follow_the_turns() -> None:
+    """Two voices CAM++ puts at cosine ~0.9 (above the absolute 0.8), taking turns: every stretch
+    of speech lies in one half, so they are two people."""
+    turns = [0, 1] * 4
+    voices = np.stack([np.eye(1, 32)[0], (np.eye(1, 32)[0] + 0.5 * np.eye(1, 32, 1)[0])])
+    times, truth, binary, pool = _conversation(turns, lambda turn, frame: voices[turns[turn]])
+    out, profiles = split_merged_speakers(binary, times, times, pool, feature_step=0.02)
+    assert out.shape[1] == 2 and set(profiles) == {0, 1}
+    spoken = truth >= 0
+    labels = out[spoken].argmax(axis=1)
+    assert max(np.mean(labels == truth[spoken]), np.mean(labels != truth[spoken])) > 0.95
+
+
+def test_split_check_keeps_one_voice_whose_halves_cut_through_the_turns() -> None:
+    """The same two directions, but alternating from piece to piece within every turn (one voice
+    parted by what it says): as far apart, yet no turn lies in one half."""
+    directions = np.stack([np.eye(1, 32)[0], (np.eye(1, 32)[0] + 0.5 * np.eye(1, 32, 1)[0])])
+    times, _, binary, pool = _conversation([0] * 8, lambda turn, frame: directions[(frame // 100) % 2])
+    out, profiles = split_merged_speakers(binary, times, times, pool, feature_step=0.02)
+    assert out.shape[1] == 1 and profiles == {}
+
+
+def test_split_check_with_little_speech_needs_a_clear_split() -> None:
+    """Two clearly different voices with 4 s each (a four-person conversation of half a minute)."""
+    turns = [0, 1, 0, 1]
+    voices = np.eye(2, 32)
+    times, _, binary, pool = _conversation(turns, lambda turn, frame: voices[turns[turn]], turn_seconds=2.0)
+    assert split_merged_speakers(binary, times, times, pool, feature_step=0.02)[0].shape[1] == 2
+    strict = SplitCheck(min_score_little=1e6)
+    assert split_merged_speakers(binary, times, times, pool, feature_step=0.02, check=strict)[0].shape[1] == 1
+    too_little = SplitCheck(min_seconds=5.0)
+    assert split_merged_speakers(binary, times, times, pool, feature_step=0.02, check=too_little)[0].shape[1] == 1
+
+
+def test_split_check_on_many_pieces_splits_a_sample_and_assigns_the_rest() -> None:
+    times, truth, binary, pool = _merged_voices(0.05, 0.05, offset=0.8)
+    out, _ = split_merged_speakers(binary, times, times, pool, feature_step=0.02, check=SplitCheck(max_pieces=8))
+    assert out.shape[1] == 2
+    assert np.mean(out.argmax(axis=1) == truth) > 0.95 or np.mean(out.argmax(axis=1) != truth) > 0.95
+
+
+def test_turn_agreement_counts_pairs_within_stretches_only() -> None:
+    halves = np.array([0, 0, 1, 1, 0, 1])
+    stretch = np.array([0, 0, 0, 1, 2, 2])
+    assert turn_agreement(halves, stretch) == (pytest.approx(1 / 3), 3)
+    assert turn_agreement(np.array([0, 1]), np.array([0, 1])) == (0.0, 0)
+
+
 def test_separation_is_relative_to_the_spread_within_each_half() -> None:
     tight = np.array([[1.0, 0.0], [0.999, 0.045], [0.6, 0.8], [0.58, 0.815]])
     tight /= np.linalg.norm(tight, axis=1, keepdims=True)
@@ -323,6 +446,18 @@ def test_two_speaker_dialogue_from_a_cd_quality_stereo_file(
     )
     result = diarizer.diarize(stereo)
     assert len(result.speakers) == 2 and _score(two_speakers, result, tmp_path) <= 0.05
+
+
+@pytest.mark.slow
+def test_long_recording_path_gives_the_same_speakers(two_speakers: Reference, tmp_path: Path) -> None:
+    """What an hour goes through, on a minute: 10 s chunks, features in a temporary file, and
+    clustering on every third window embedding only."""
+    from dhgq.media.diarization.local import LocalDiarizer, LocalDiarizerConfig
+
+    config = LocalDiarizerConfig(chunk_seconds=10.0, feature_spill_bytes=0, max_cluster_seeds=40)
+    result = LocalDiarizer(config=config).diarize(two_speakers.audio)
+    assert result.speakers == ["SPEAKER_1", "SPEAKER_2"]
+    assert _score(two_speakers, result, tmp_path) <= 0.05
 
 
 @pytest.mark.slow

@@ -14,8 +14,18 @@
    speakers that the segmentation saw there (so two people are labelled where two talk);
 6. resegmentation of one-speaker stretches with short embeddings (see resegment.py);
 7. a second look at each speaker with ~2 s embeddings, for similar voices that clustering
-   merged (see split.py), and when it finds some, resegmentation again;
+   merged, judged relative to each voice's own spread and by whether the halves follow the
+   turns (see split.py), and when it finds some, resegmentation again;
 8. frames -> turns, short gaps bridged and blips dropped.
+
+Time and memory grow linearly with the recording's length. Steps 1-3 stream: the loudness
+gain and the filterbank mean come from a pass over the file's blocks, then each chunk of
+``chunk_seconds`` is read, segmented and embedded in turn; what is kept per second of audio is
+small (the segmentation posteriors, the window embeddings) and the CAM++ frame features go to
+a temporary file beyond ~20 minutes (features.py). Clustering, whose linkage needs memory
+quadratic in the number of embeddings, runs on at most ``max_cluster_seeds`` of them (taken
+evenly in time: neighbouring windows overlap by 90%), and every window is then assigned to the
+nearest centroid. The split check bounds its pieces the same way (split.py).
 """
 
 from __future__ import annotations
@@ -27,7 +37,8 @@ import numpy as np
 import torch
 
 from dhgq.media.diarization import clustering
-from dhgq.media.diarization.audio import SAMPLE_RATE, normalise_loudness, read_audio
+from dhgq.media.diarization.audio import SAMPLE_RATE, ArraySource, AudioSource, open_audio, source_gain
+from dhgq.media.diarization.features import SPILL_BYTES, FeatureStore, pooled_statistics
 from dhgq.media.diarization.models import SegmentationModel, SpeakerEmbedder
 from dhgq.media.diarization.resegment import resegment
 from dhgq.media.diarization.split import SplitCheck, split_merged_speakers
@@ -36,6 +47,9 @@ from dhgq.media.types import ANY_SPEAKERS, Diarization, SpeakerCount, SpeakerTur
 FEATURE_STEP = 0.02  # CAM++ frame-level features: 10 ms fbank frames, stride 2
 FEATURE_START = 0.0125
 MIN_SAMPLES = SAMPLE_RATE // 2
+FBANK_HOP, FBANK_WIDTH = 160, 400  # samples per filterbank frame step, and per frame
+FBANK_CONTEXT = 200  # filterbank frames of context on each side of a CAM++ block
+POOL_BATCH = 1024  # selections per pass through CAM++'s last layer
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,9 @@ class LocalDiarizerConfig:
     soft_scores: bool = True  # average speaker probabilities, not 0/1 decisions, over windows
     count_bias: float = 0.0  # >0 leans towards counting one more simultaneous speaker
     embedding_block: float = 10.0  # seconds of audio per CAM++ pass
+    chunk_seconds: float = 120.0  # seconds of window starts read and analysed per streaming step
+    max_cluster_seeds: int = 2000  # clustering's linkage takes O(n^2) memory: beyond this, every k-th
+    feature_spill_bytes: int = SPILL_BYTES  # CAM++ frame features beyond this go to a temporary file
     split_check: SplitCheck | None = SplitCheck()  # None: trust the clustering's speaker count
     reseg_span: float = 1.0  # seconds of one-speaker speech per short embedding (0: off)
     reseg_hop: float = 0.25
@@ -67,7 +84,11 @@ class Analysis:
     posteriors: np.ndarray  # (windows, frames, 7) powerset probabilities
     activity: np.ndarray  # (windows, frames, 3) 0/1 local speaker activity
     embeddings: np.ndarray  # (windows, 3, 192), NaN where a local speaker is silent
-    features: torch.Tensor  # (feature frames, channels) CAM++ frame-level features
+    features: FeatureStore  # (feature frames, channels) CAM++ frame-level features
+
+    def close(self) -> None:
+        """Remove the features' temporary file, if they have one."""
+        self.features.close()
 
 
 class LocalDiarizer:
@@ -86,17 +107,58 @@ class LocalDiarizer:
         *,
         speakers: SpeakerCount = ANY_SPEAKERS,
     ) -> Diarization:
-        audio = normalise_loudness(read_audio(wav_path))
-        return self.decide(self.analyse(audio), speakers=speakers)
+        with open_audio(wav_path, MIN_SAMPLES) as source:
+            source.gain = source_gain(source)
+            analysis = self.analyse_source(source)
+        try:
+            return self.decide(analysis, speakers=speakers)
+        finally:
+            analysis.close()
 
     def analyse(self, audio: np.ndarray) -> Analysis:
-        if len(audio) < MIN_SAMPLES:  # too short for the embedding network's convolutions
-            audio = np.pad(audio, (0, MIN_SAMPLES - len(audio)))
-        starts, posteriors = self._segment(audio)
-        activity = self.segmentation.hard(posteriors)
-        features = self._frame_features(audio)
-        embeddings = self._window_embeddings(features, activity, starts)
-        return Analysis(len(audio) / SAMPLE_RATE, posteriors, activity, embeddings, features)
+        """The models' view of samples in memory (16 kHz, loudness already normalised)."""
+        return self.analyse_source(ArraySource(audio, MIN_SAMPLES))
+
+    def analyse_source(self, source: AudioSource) -> Analysis:
+        """Segmentation posteriors, window embeddings and CAM++ features, a chunk at a time.
+
+        Too short a recording is padded with silence (the embedding network's convolutions need
+        half a second): ``source.length`` already counts that padding.
+        """
+        cfg, seg = self.config, self.segmentation
+        size, step = int(seg.window * SAMPLE_RATE), int(cfg.window_step * SAMPLE_RATE)
+        count = max(1, int(np.ceil(max(source.length - size, 0) / step)) + 1)
+        starts = np.arange(count) * step
+        features = _FeatureStream(self.embedder, source, cfg)
+        chunk = max(1, int(round(cfg.chunk_seconds / cfg.window_step)))
+        posteriors: np.ndarray | None = None
+        embeddings = np.full((count, 0, 0), np.nan, dtype=np.float32)
+        try:
+            for first in range(0, count, chunk):
+                last = min(count, first + chunk)
+                audio = source.read(int(starts[first]), int(starts[last - 1]) + size)
+                offsets = starts[first:last] - starts[first]
+                part = np.concatenate(
+                    [
+                        seg(np.stack([audio[o : o + size] for o in offsets[b : b + 16]]))
+                        for b in range(0, len(offsets), 16)
+                    ]
+                )
+                if posteriors is None:
+                    posteriors = np.empty((count, *part.shape[1:]), dtype=np.float32)
+                    embeddings = np.full((count, len(seg.mapping[0]), 192), np.nan, dtype=np.float32)
+                posteriors[first:last] = part
+                features.compute_until((starts[last - 1] + size) / SAMPLE_RATE)
+                embeddings[first:last] = self._window_embeddings(
+                    features.store, seg.hard(part), starts[first:last] / SAMPLE_RATE
+                )
+            features.compute_until(np.inf)
+        except BaseException:
+            features.store.close()
+            raise
+        assert posteriors is not None
+        activity = seg.hard(posteriors)
+        return Analysis(source.length / SAMPLE_RATE, posteriors, activity, embeddings, features.store)
 
     def decide(
         self,
@@ -112,16 +174,21 @@ class LocalDiarizer:
         seeds = active & (clean.sum(axis=1) >= cfg.min_clean_ratio * activity.shape[1])
         if not seeds.any():
             seeds = active
+        # every k-th seed in time order when there are too many for the linkage's O(n^2) memory;
+        # a cluster's minimum size shrinks with them (neighbouring windows overlap by 90%)
+        sample = embeddings[seeds]
+        stride = int(np.ceil(len(sample) / cfg.max_cluster_seeds))
+        sample = sample[::stride]
         labels = clustering.cluster_embeddings(
-            embeddings[seeds],
+            sample,
             threshold=cfg.threshold,
-            min_cluster_size=cfg.min_cluster_size,
+            min_cluster_size=int(np.ceil(cfg.min_cluster_size / stride)),
             num_clusters=speakers.exact,
             min_clusters=speakers.at_least or 1,
             max_clusters=speakers.at_most,
             min_cluster_fraction=cfg.min_cluster_fraction,
         )
-        centroids = clustering.centroids_of(embeddings[seeds], labels)
+        centroids = clustering.centroids_of(sample, labels)
         hard = clustering.assign_local_speakers(embeddings, active, centroids)
         binary = self._reconstruct(analysis.posteriors, hard, len(centroids), analysis.duration)
         if cfg.reseg_span > 0:
@@ -139,56 +206,25 @@ class LocalDiarizer:
 
     # -- models ----------------------------------------------------------------------------------
 
-    def _segment(self, audio: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
-        """Window start times (s) and the segmentation posteriors of each 10 s window."""
-        size = int(self.segmentation.window * SAMPLE_RATE)
-        step = int(self.config.window_step * SAMPLE_RATE)
-        count = max(1, int(np.ceil(max(len(audio) - size, 0) / step)) + 1)
-        padded = np.zeros((count - 1) * step + size, dtype=np.float32)
-        padded[: len(audio)] = audio
-        starts = np.arange(count) * step
-        posteriors = [
-            self.segmentation(np.stack([padded[s : s + size] for s in starts[first : first + batch]]))
-            for first in range(0, count, batch)
-        ]
-        return starts / SAMPLE_RATE, np.concatenate(posteriors)
-
-    def _frame_features(self, audio: np.ndarray) -> torch.Tensor:
-        """CAM++ frame-level features (before statistics pooling), 50 per second, blockwise."""
-        fbank = self.embedder.fbank(audio)
-        fbank = fbank - fbank.mean(dim=0, keepdim=True)
-        block, context = int(self.config.embedding_block * 100), 200
-        outs = []
-        with torch.inference_mode():
-            for first in range(0, len(fbank), block):
-                lo, hi = max(0, first - context), min(len(fbank), first + block + context)
-                x = self.embedder.net.head(fbank[lo:hi][None].permute(0, 2, 1))
-                for name, layer in self.embedder.net.xvector.named_children():
-                    if name == "stats":
-                        break
-                    x = layer(x)
-                keep = (first - lo) // 2
-                part = x[0].T[keep : keep + (min(first + block, len(fbank)) - first + 1) // 2]
-                outs.append(part.to(torch.float16))  # halves the memory of long recordings
-        return torch.cat(outs)
-
-    def pool(self, features: torch.Tensor, selections: list[np.ndarray]) -> np.ndarray:
+    def pool(self, features: FeatureStore, selections: list[np.ndarray]) -> np.ndarray:
         """One embedding per selection of feature frames: mean and std, then CAM++'s last layer."""
         if not selections:
             return np.zeros((0, 192), dtype=np.float32)
+        out = []
         with torch.inference_mode():
-            stats = []
-            for index in selections:
-                chosen = features[torch.from_numpy(np.asarray(index))].float()
-                stats.append(torch.cat([chosen.mean(dim=0), chosen.std(dim=0)]))
-            return self.embedder.net.xvector.dense(torch.stack(stats)).numpy()
+            for first in range(0, len(selections), POOL_BATCH):
+                stats = pooled_statistics(features, selections[first : first + POOL_BATCH])
+                out.append(self.embedder.net.xvector.dense(stats).numpy())
+        return np.concatenate(out)
 
     def _window_embeddings(
         self,
-        features: torch.Tensor,
+        features: FeatureStore,
         activity: np.ndarray,
         starts: np.ndarray,
     ) -> np.ndarray:
+        """(windows, local speakers, 192) for windows starting at ``starts`` (s), whose features
+        are in the store."""
         n_windows, n_frames, n_local = activity.shape
         grid = self.segmentation.grid
         times = FEATURE_START + FEATURE_STEP * np.arange(len(features))
@@ -250,7 +286,7 @@ class LocalDiarizer:
     def _split(
         self,
         binary: np.ndarray,
-        features: torch.Tensor,
+        features: FeatureStore,
         max_speakers: int | None,
     ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         assert self.config.split_check is not None
@@ -264,7 +300,7 @@ class LocalDiarizer:
             max_speakers=max_speakers,
         )
 
-    def _resegment(self, binary: np.ndarray, features: torch.Tensor) -> np.ndarray:
+    def _resegment(self, binary: np.ndarray, features: FeatureStore) -> np.ndarray:
         cfg = self.config
         return resegment(
             binary,
@@ -303,3 +339,53 @@ def _named(turns: list[SpeakerTurn], centroids: np.ndarray, engine: str) -> Diar
         embeddings={names[old]: [round(float(v), 6) for v in centroids[int(old)]] for old in order},
         engine=engine,
     )
+
+
+class _FeatureStream:
+    """CAM++ frame-level features of a source, computed in order a block at a time.
+
+    The filterbank is mean-normalised over the whole recording (its mean comes from a first pass
+    over the blocks), and each block of ``embedding_block`` seconds runs through the network
+    with 2 s of context on either side, keeping the block's own frames: the same features as
+    one pass over the whole file, without the whole file's filterbank in memory.
+    """
+
+    def __init__(self, embedder: SpeakerEmbedder, source: AudioSource, config: LocalDiarizerConfig) -> None:
+        self.embedder, self.source = embedder, source
+        self.frames = 1 + (max(source.length, FBANK_WIDTH) - FBANK_WIDTH) // FBANK_HOP  # filterbank frames
+        self.block = int(config.embedding_block * 100)
+        channels = embedder.net.xvector.dense.linear.in_channels // 2  # statistics pooling: mean and std
+        rows = sum(
+            (min(first + self.block, self.frames) - first + 1) // 2 for first in range(0, self.frames, self.block)
+        )
+        self.store = FeatureStore.for_rows(rows, channels, config.feature_spill_bytes)
+        self.mean = self._fbank_mean()
+        self.next_frame = 0
+
+    def _fbank(self, lo: int, hi: int) -> torch.Tensor:
+        """Filterbank frames ``lo:hi`` (not normalised)."""
+        samples = self.source.read(lo * FBANK_HOP, (hi - 1) * FBANK_HOP + FBANK_WIDTH)
+        return self.embedder.fbank(samples)
+
+    def _fbank_mean(self, chunk: int = 30000) -> torch.Tensor:
+        total = torch.zeros(80, dtype=torch.float64)
+        for first in range(0, self.frames, chunk):
+            total += self._fbank(first, min(first + chunk, self.frames)).sum(dim=0, dtype=torch.float64)
+        return (total / self.frames).to(torch.float32)
+
+    def compute_until(self, seconds: float) -> None:
+        """Compute blocks until the features cover the first ``seconds`` of audio (or all of it)."""
+        net = self.embedder.net
+        while self.next_frame < self.frames and FEATURE_START + FEATURE_STEP * len(self.store) <= seconds:
+            first = self.next_frame
+            lo, hi = max(0, first - FBANK_CONTEXT), min(self.frames, first + self.block + FBANK_CONTEXT)
+            fbank = self._fbank(lo, hi) - self.mean
+            with torch.inference_mode():
+                x = net.head(fbank[None].permute(0, 2, 1))
+                for name, layer in net.xvector.named_children():
+                    if name == "stats":
+                        break
+                    x = layer(x)
+            keep = (first - lo) // 2
+            self.store.append(x[0].T[keep : keep + (min(first + self.block, self.frames) - first + 1) // 2])
+            self.next_frame = first + self.block
