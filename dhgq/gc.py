@@ -15,7 +15,11 @@ What goes (the README's "Retention" says the same):
   directory ``<source_id>/`` (removed when its stage ends, unless the worker was killed) and the
   ``dhgq-exports-*`` folders of ``dhgq/outputs.py``;
 - **finished Procrastinate jobs** (succeeded, failed, cancelled, aborted) whose last event is older
-  than ``keep_jobs_days``, with their events.
+  than ``keep_jobs_days``, with their events;
+- **earlier versions of outputs**: the rows a newer output replaced (``dhgq.output_history``, written
+  by the completing transaction of a re-run or reprocessed stage) and the superseded reuse keys
+  (``dhgq.stage_outputs``), once replaced more than ``keep_jobs_days`` ago. Until then an earlier
+  transcript, summary or diarization can be read back there; the public tables hold the current one.
 
 What never goes: anything of a source with a stage queued or processing or a job todo or doing
 (checked again under the source row's lock, which retry, reprocess and users' requests take before
@@ -105,6 +109,14 @@ class OldJob:
     events: int
 
 
+@dataclass(frozen=True)
+class OldVersions:
+    """Earlier versions of outputs past retention: history rows, and superseded stage_outputs rows."""
+
+    history: int
+    outputs: int
+
+
 @dataclass
 class Report:
     """What a collection removes (``dry_run``: would remove)."""
@@ -113,6 +125,7 @@ class Report:
     removals: list[Removal] = field(default_factory=list)
     sources: list[ClearedSource] = field(default_factory=list)
     jobs: list[OldJob] = field(default_factory=list)
+    versions: OldVersions = field(default_factory=lambda: OldVersions(0, 0))
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -149,6 +162,7 @@ class Report:
             "removals": [r.as_dict() for r in self.removals],
             "sources": [vars(s) for s in self.sources],
             "jobs": [vars(j) for j in self.jobs],
+            "versions": vars(self.versions),
             "errors": self.errors,
             "totals": self.totals(),
         }
@@ -156,10 +170,12 @@ class Report:
     def summary(self) -> str:
         verb = "would remove" if self.dry_run else "removed"
         clear = "would clear" if self.dry_run else "cleared"
+        versions = f"; {verb} {self.versions.history} earlier output version(s)" if self.versions.history else ""
         return (
             f"{verb} {self.files} file(s) ({human_bytes(self.bytes)}) in {len(self.removals)} place(s); "
             f"{clear} the extracted audio of {len(self.sources)} source(s); "
             f"{verb} {len(self.jobs)} finished job(s) ({self.events} event(s))"
+            f"{versions}"
         )
 
 
@@ -241,6 +257,7 @@ def plan(conn: psycopg.Connection, settings: Settings) -> Report:
             report.removals.append(Removal("scratch", str(directory), tuple(files), maybe_source, True))
 
     report.jobs = old_jobs(conn, settings)
+    report.versions = old_versions(conn, settings)
     return report
 
 
@@ -279,6 +296,7 @@ def apply(conn: psycopg.Connection, settings: Settings, planned: Report) -> Repo
         deleted = {row[0] for row in rows.fetchall()}
         done.jobs = [job for job in planned.jobs if job.id in deleted]
         logger.info("gc: removed %d finished job(s) and %d event(s)", len(done.jobs), done.events)
+    done.versions = remove_old_versions(conn, settings)
     return done
 
 
@@ -312,6 +330,22 @@ def protected_paths(conn: psycopg.Connection, settings: Settings) -> set[str]:
 def old_jobs(conn: psycopg.Connection, settings: Settings) -> list[OldJob]:
     rows = conn.execute(query("gc_old_jobs"), {"keep_jobs_days": settings.keep_jobs_days}).fetchall()
     return [OldJob(int(r[0]), r[1], r[2], r[3], int(r[4])) for r in rows]
+
+
+def old_versions(conn: psycopg.Connection, settings: Settings) -> OldVersions:
+    """Earlier versions of outputs that retention lets go (a dry run's count)."""
+    row = conn.execute(query("gc_count_old_history"), {"keep_days": settings.keep_jobs_days}).fetchone()
+    return OldVersions(int(row[0]), int(row[1])) if row else OldVersions(0, 0)
+
+
+def remove_old_versions(conn: psycopg.Connection, settings: Settings) -> OldVersions:
+    """Remove the earlier versions of outputs replaced more than ``keep_jobs_days`` ago (rows only: the
+    files of a source are its current output's, which retention judges as above)."""
+    row = conn.execute(query("gc_old_history"), {"keep_days": settings.keep_jobs_days}).fetchone()
+    removed = OldVersions(int(row[0]), int(row[1])) if row else OldVersions(0, 0)
+    if removed.history or removed.outputs:
+        logger.info("gc: removed %d earlier output version(s), %d superseded key(s)", removed.history, removed.outputs)
+    return removed
 
 
 def human_bytes(size: float) -> str:

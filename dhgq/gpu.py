@@ -73,15 +73,22 @@ class GpuBackend(Protocol):
     ) -> tuple[Diarization, RunInfo]: ...
 
 
-def run_info(backend: str, gpu: str | None, model: str, started: float, **extra: Any) -> RunInfo:
-    """The metadata stored with a stage's result."""
-    return {
+def run_info(
+    backend: str, gpu: str | None, model: str, started: float, cpu_started: float | None = None, **extra: Any
+) -> RunInfo:
+    """The metadata stored with a stage's result. ``cpu_started`` (``time.process_time()`` when the
+    work began, in the process that did it) adds the CPU seconds of all its threads, which
+    ``dhgq.costs`` reports next to the wall seconds."""
+    info = {
         "backend": backend,
         "gpu": gpu,
         "model": model,
         "duration_s": round(time.perf_counter() - started, 3),
         **extra,
     }
+    if cpu_started is not None:
+        info["cpu_seconds"] = round(time.process_time() - cpu_started, 3)
+    return info
 
 
 class LocalBackend:
@@ -121,10 +128,10 @@ class LocalBackend:
     def transcribe(
         self, wav_path: Path, *, model: str, language: str | None = None, progress: Progress | None = None
     ) -> tuple[Transcript, RunInfo]:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         engine = self.transcription_engine(model)
         transcript = engine.transcribe(Path(wav_path), language=language, progress=progress)
-        return transcript, run_info(self.name, None, model, started, engine=transcript.engine)
+        return transcript, run_info(self.name, None, model, started, cpu_started, engine=transcript.engine)
 
     def diarize(
         self,
@@ -132,10 +139,12 @@ class LocalBackend:
         *,
         speakers: SpeakerCount = ANY_SPEAKERS,
     ) -> tuple[Diarization, RunInfo]:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         diarizer = self.diarization_engine()
         diarization = diarizer.diarize(Path(wav_path), speakers=speakers)
-        return diarization, run_info(self.name, None, diarization.engine, started, engine=diarization.engine)
+        return diarization, run_info(
+            self.name, None, diarization.engine, started, cpu_started, engine=diarization.engine
+        )
 
 
 class ModalBackend:
@@ -153,6 +162,8 @@ class ModalBackend:
     ) -> tuple[Transcript, RunInfo]:
         import modal
 
+        from dhgq.ledger import gpu_call  # the call's ledger row: started before it, GPU seconds and cost after
+
         if model not in MODAL_WHISPER_MODELS:
             raise ConfigurationError(
                 f"Whisper model {model!r} is not one the Modal app can load: use one of "
@@ -161,12 +172,26 @@ class ModalBackend:
         started = time.perf_counter()
         audio, seconds = audio_for_modal(self.settings, wav_path)
         app_name = self.settings.modal_app_name
-        with modal_errors(app_name, "transcription"):
-            if seconds > self.long_audio_seconds:
+        long = seconds > self.long_audio_seconds
+        function = "transcribe_long" if long else "Transcriber.transcribe"
+        with (
+            gpu_call(
+                self.settings,
+                stage="transcription",
+                wav_path=wav_path,
+                function=function,
+                model=model,
+                language=language,
+                audio_s=seconds,
+            ) as call,
+            modal_errors(app_name, "transcription"),
+        ):
+            if long:
                 output = modal.Function.from_name(app_name, "transcribe_long").remote(audio, model, language)
             else:
                 transcriber = modal.Cls.from_name(app_name, "Transcriber")(model=model)
                 output = transcriber.transcribe.remote(audio, model, language)
+            call.gpu_seconds = self._gpu_seconds(output)
         transcript = transcript_from_dict(output["transcript"])
         return transcript, run_info(
             self.name,
@@ -187,12 +212,25 @@ class ModalBackend:
     ) -> tuple[Diarization, RunInfo]:
         import modal
 
+        from dhgq.ledger import gpu_call
+
         started = time.perf_counter()
         audio, _ = audio_for_modal(self.settings, wav_path)
         app_name = self.settings.modal_app_name
-        with modal_errors(app_name, "diarization"):
+        with (
+            gpu_call(
+                self.settings,
+                stage="diarization",
+                wav_path=wav_path,
+                function="Diarizer.diarize",
+                model="pyannote",
+                speakers=speakers,
+            ) as call,
+            modal_errors(app_name, "diarization"),
+        ):
             diarizer = modal.Cls.from_name(app_name, "Diarizer")()
             output = diarizer.diarize.remote(audio, speakers)
+            call.gpu_seconds = self._gpu_seconds(output)
         diarization = diarization_from_dict(output["diarization"])
         return diarization, run_info(
             self.name,
@@ -203,6 +241,17 @@ class ModalBackend:
             device=output.get("device"),
             remote_s=round(output.get("seconds", 0.0), 3),
         )
+
+    def _gpu_seconds(self, output: dict[str, Any]) -> float | None:
+        """GPU seconds of a call, as the remote measured them. ``transcribe_long`` runs on a CPU and
+        fans its chunks out over up to modal_max_containers GPUs: without their own sum
+        (``gpu_seconds``), its wall seconds times the GPUs it may have used bound them from above."""
+        if output.get("gpu_seconds") is not None:
+            return round(float(output["gpu_seconds"]), 3)
+        if output.get("seconds") is None:
+            return None
+        gpus = min(int(output.get("chunks") or 1), self.settings.modal_max_containers)
+        return round(float(output["seconds"]) * gpus, 3)
 
 
 WORK_PREFIX = "dhgq-work"  # Storage folder of the audio handed to Modal: no user's folder, service role only

@@ -20,6 +20,33 @@ Stage = Literal["extraction", "transcription", "diarization", "summarization"]
 STAGES: tuple[Stage, ...] = ("extraction", "transcription", "diarization", "summarization")
 SEED_MODEL_CONCURRENCY = 2  # the seeds' MAX_CONCURRENT_TRANSCRIPTIONS and _DIARIZATIONS
 
+# Public list prices. Claude: USD per million (input, output) tokens by model prefix, the first
+# match wins (https://www.anthropic.com/pricing). Modal: USD per GPU-second by GPU type, the GPU
+# alone: a container's CPU and memory are billed on top (https://modal.com/pricing).
+LLM_PRICES_PER_MTOK: tuple[tuple[str, float, float], ...] = (
+    ("claude-opus-4-5", 5.0, 25.0),
+    ("claude-opus-4-6", 5.0, 25.0),
+    ("claude-opus", 15.0, 75.0),
+    ("claude-3-opus", 15.0, 75.0),
+    ("claude-sonnet", 3.0, 15.0),
+    ("claude-3-7-sonnet", 3.0, 15.0),
+    ("claude-3-5-sonnet", 3.0, 15.0),
+    ("claude-haiku-4", 1.0, 5.0),
+    ("claude-3-5-haiku", 0.8, 4.0),
+    ("claude-3-haiku", 0.25, 1.25),
+)
+GPU_PRICES_PER_SECOND: tuple[tuple[str, float], ...] = (
+    ("B200", 0.001736),
+    ("H200", 0.001261),
+    ("H100", 0.001097),
+    ("A100-80GB", 0.000694),
+    ("A100", 0.000583),
+    ("L40S", 0.000542),
+    ("A10G", 0.000306),
+    ("L4", 0.000222),
+    ("T4", 0.000164),
+)
+
 
 class Settings(BaseSettings):
     """dhgq's configuration; see the README's configuration table."""
@@ -111,6 +138,23 @@ class Settings(BaseSettings):
     anthropic_model: str = "claude-sonnet-4-5"
     anthropic_base_url: str | None = Field(
         None, validation_alias=AliasChoices("DHGQ_ANTHROPIC_BASE_URL", "ANTHROPIC_BASE_URL")
+    )
+    anthropic_max_input_tokens: int = Field(
+        150_000, ge=1, description="tokens per Claude request; a longer transcript is summarised in chunks"
+    )
+
+    # Cost: the ledger prices every paid call with these tables; the budgets' caps themselves live in
+    # dhgq.config (`dhgq budget set`), so that raising one needs no worker restart.
+    llm_prices: tuple[tuple[str, float, float], ...] = Field(
+        LLM_PRICES_PER_MTOK,
+        description="JSON list of [model prefix, USD per million input tokens, per million output tokens]; "
+        "the first matching prefix wins",
+    )
+    gpu_prices: tuple[tuple[str, float], ...] = Field(
+        GPU_PRICES_PER_SECOND, description="JSON list of [Modal GPU type, USD per GPU-second]"
+    )
+    budget_recheck_seconds: int = Field(
+        900, ge=1, description="seconds between budget checks of a stage waiting for budget (a new day frees it)"
     )
 
     # Logs

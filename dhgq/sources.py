@@ -83,11 +83,18 @@ def content_hash(path: Path) -> str:
 
 
 def add_file(
-    conn: psycopg.Connection, path: Path, *, origin: str = "dhgq", options: dict[str, Any] | None = None
+    conn: psycopg.Connection,
+    path: Path,
+    *,
+    origin: str = "dhgq",
+    options: dict[str, Any] | None = None,
+    batch_id: str | None = None,
 ) -> Added:
     """Insert a source for the file unless one has the same content; the trigger queues it.
 
     ``options`` (model, language, num_speakers, ...) pass the same checks as a user's request's.
+    A new source joins ``batch_id`` (costs add up per batch, and a batch budget caps them); a file
+    already known keeps the batch it came with.
     """
     digest = content_hash(path)
     size = path.stat().st_size
@@ -104,7 +111,7 @@ def add_file(
                     "path": str(path),
                     "size": size,
                     "content_hash": digest,
-                    "batch_id": None,
+                    "batch_id": batch_id,
                     "mime_type": MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream"),
                     "metadata": Jsonb({"added_by": origin}),
                     "options": Jsonb(options or {}),

@@ -118,6 +118,21 @@ class StageRow:
     seconds: float | None = None
     job_id: str | None = None
     media: MediaProgress | None = None
+    reused_from: str | None = None  # the source whose output this stage copied (reuse by content)
+    stale: tuple[str, ...] = ()  # why the output is stale: model_version, prompt_version
+    cost_usd: float = 0.0  # paid calls (Claude, Modal GPU) of this stage, from the ledger
+    paid_calls: int = 0
+
+    def notes(self) -> str:
+        """Reuse, staleness and cost in a few words (empty when there is nothing to say)."""
+        parts = []
+        if self.reused_from:
+            parts.append(f"reused from {self.reused_from[:8]}")
+        if self.stale:
+            parts.append("stale: " + ", ".join(reason.replace("_", " ") for reason in self.stale))
+        if self.paid_calls or self.cost_usd:
+            parts.append(f"${self.cost_usd:.4f} ({self.paid_calls} paid call{'s' if self.paid_calls != 1 else ''})")
+        return "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -175,6 +190,10 @@ def fetch_stages(conn: psycopg.Connection, source_id: str) -> tuple[StageRow, ..
             seconds=r["seconds"],
             job_id=r["job_id"],
             media=MediaProgress.of(r.get("progress_detail")) if r["status"] == "processing" else None,
+            reused_from=(r.get("reused_from") or {}).get("source_id"),
+            stale=tuple(r.get("stale_reasons") or ()),
+            cost_usd=float(r.get("cost_usd") or 0),
+            paid_calls=int(r.get("paid_calls") or 0),
         )
         for r in rows
     )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from dhgq.cli import db, modal, models, pipeline
+from dhgq.cli import cost, db, modal, models, pipeline
 from dhgq.cli.common import DhgqGroup, fail
 from dhgq.cli.demo import demo
 from dhgq.cli.eval import evaluate
 from dhgq.cli.gc import gc
 from dhgq.cli.monitor import monitor
+from dhgq.cli.rerun import rerun
 from dhgq.cli.worker import worker
 from dhgq.errors import DhgqError
 from dhgq.settings import Settings
@@ -27,6 +28,7 @@ app.command()(pipeline.status)
 app.command()(pipeline.jobs)
 app.command()(pipeline.retry)
 app.command()(pipeline.cancel)
+app.command()(rerun)
 app.command()(pipeline.export)
 app.command("dead-letter")(pipeline.dead_letter)
 app.command()(monitor)
@@ -36,6 +38,7 @@ app.command()(gc)
 app.add_typer(db.app, name="db")
 app.add_typer(models.app, name="models")
 app.add_typer(modal.app, name="modal")
+cost.register(app)  # dhgq cost, dhgq budget
 
 
 @app.callback()

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
-from dhgq import sources
+from dhgq import budget, sources
 from dhgq.cli.common import JsonOption, connected, emit_json, fail, seconds, settings_of, stderr, stdout, when
 from dhgq.db import database_url
 from dhgq.errors import PermanentError
@@ -95,13 +95,20 @@ def process(
         if value is not None
     }
     with connected(ctx) as conn:
-        added = _add_with_progress(conn, files, options, quiet=json_output)
+        batch_name = str(paths[0]) if len(paths) == 1 and paths[0].is_dir() else f"{len(files)} file(s)"
+        batch_id: str | None = budget.new_batch(conn, batch_name, len(files), {"options": options})
+        try:
+            added = _add_with_progress(conn, files, options, quiet=json_output, batch_id=batch_id)
+        finally:
+            if budget.discard_empty_batch(conn, batch_id):  # nothing new (known files, refused options)
+                batch_id = None
         ids = list(dict.fromkeys(a.source_id for a in added))
         rows = follow(ctx, conn, ids, timeout=timeout, quiet=json_output) if wait else fetch_sources(conn, ids)
     states = {row.source_id: row for row in rows}
     if json_output:
         emit_json(
             {
+                "batch_id": batch_id,
                 "sources": [
                     {
                         "path": str(a.path),
@@ -111,7 +118,7 @@ def process(
                         "progress": states[a.source_id].progress if a.source_id in states else None,
                     }
                     for a in added
-                ]
+                ],
             }
         )
     else:
@@ -128,7 +135,7 @@ def _state(row: SourceRow | None) -> str:
 
 
 def _add_with_progress(
-    conn: psycopg.Connection, files: list[Path], options: dict[str, Any], *, quiet: bool
+    conn: psycopg.Connection, files: list[Path], options: dict[str, Any], *, quiet: bool, batch_id: str | None = None
 ) -> list[sources.Added]:
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn())
     with Progress(*columns, console=stderr, transient=True, disable=quiet) as progress:
@@ -136,7 +143,7 @@ def _add_with_progress(
         added = []
         for path in files:
             progress.update(task, description=f"hashing {path.name}")
-            added.append(sources.add_file(conn, path, origin="dhgq process", options=options))
+            added.append(sources.add_file(conn, path, origin="dhgq process", options=options, batch_id=batch_id))
             progress.advance(task)
     return added
 
@@ -255,7 +262,7 @@ def print_detail(detail: SourceDetail) -> None:
     row = detail.source
     stdout.print(f"[bold]{row.name}[/bold]  {row.source_id}", highlight=False)
     stdout.print(f"{row.path}\nstate: {row.state}  progress: {row.progress:.0f}%", highlight=False)
-    table = Table("stage", "status", "progress", "attempts", "started", "took", "error class")
+    table = Table("stage", "status", "progress", "attempts", "started", "took", "error class", "reuse, staleness, cost")
     for s in detail.stages:
         table.add_row(
             s.stage,
@@ -265,6 +272,7 @@ def print_detail(detail: SourceDetail) -> None:
             when(s.started_at),
             seconds(s.seconds),
             s.error_class or "",
+            s.notes(),
         )
     stdout.print(table)
     for s in detail.stages:

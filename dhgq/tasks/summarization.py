@@ -1,7 +1,15 @@
-"""Summarization: Claude when a key is configured, else an offline extractive summary."""
+"""Summarization: Claude when a key is configured, else an offline extractive summary.
+
+Claude's calls go through the ledger (``dhgq/ledger.py``): recorded before and after, and reused
+by a retried summary. Before a Claude summary starts, the budget is checked (``dhgq/budget.py``);
+over a cap, the stage waits (``waiting_budget``) and its job ends without failing. An extractive
+summary costs nothing and is never held.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -9,42 +17,50 @@ import psycopg
 from procrastinate import JobContext
 from psycopg.types.json import Jsonb
 
+from dhgq import budget
 from dhgq.app import app
 from dhgq.errors import PermanentError
 from dhgq.fetch import scheme_of
+from dhgq.ledger import LedgerCalls, llm_cost
 from dhgq.media.summarization.extractive import summarize_extractive
-from dhgq.media.summarization.summarize import summarize
+from dhgq.media.summarization.summarize import CallCache, plan_calls, summarize
 from dhgq.media.types import Summary, Transcript
 from dhgq.outputs import upload_exports
 from dhgq.pipeline import Resources, Source, StageJob, StageRows, StageSpec
 from dhgq.queries import query
 from dhgq.settings import Settings
 from dhgq.status import fetch_documents
-from dhgq.tasks import run
+from dhgq.tasks import job_of, run
+
+logger = logging.getLogger("dhgq.tasks.summarization")
 
 
 @dataclass(frozen=True)
 class Summarized:
-    """The summary, and where the exports went when they were uploaded to Storage."""
+    """The summary, where the exports went when they were uploaded to Storage, and the CPU seconds
+    of the worker thread that made it (the Claude calls mostly wait; the extractive summary computes)."""
 
     summary: Summary
     outputs: dict[str, str]
+    cpu_seconds: float = 0.0
 
 
 def work(resources: Resources, source: Source, job: StageJob) -> Summarized:
+    cpu_started = time.thread_time()
     with resources.pool.connection() as conn:
         documents = fetch_documents(conn, source.id)
     if documents.transcript is None:
         raise PermanentError("no transcript to summarize", file=source.path)
-    summary = _summarize(resources.settings, documents.transcript)
+    calls = LedgerCalls(resources.pool, resources.settings, source.id, job.stage, job.job_id)
+    summary = _summarize(resources.settings, documents.transcript, calls)
     outputs: dict[str, str] = {}
     if resources.settings.upload_outputs and scheme_of(source.path) == "storage":
         outputs = upload_exports(resources.settings, source.path, documents.transcript, documents.diarization, summary)
-    return Summarized(summary, outputs)
+    return Summarized(summary, outputs, round(time.thread_time() - cpu_started, 3))
 
 
-def _summarize(settings: Settings, transcript: Transcript) -> Summary:
-    """Claude when a key is configured, else the offline extractive summary."""
+def _summarize(settings: Settings, transcript: Transcript, calls: CallCache | None = None) -> Summary:
+    """Claude when a key is configured (its calls through ``calls``), else the offline extractive summary."""
     if settings.anthropic_api_key is None:
         return summarize_extractive(transcript)
     return summarize(
@@ -52,7 +68,21 @@ def _summarize(settings: Settings, transcript: Transcript) -> Summary:
         api_key=settings.anthropic_api_key.get_secret_value(),
         model=settings.anthropic_model,
         base_url=settings.anthropic_base_url,
+        max_input_tokens=settings.anthropic_max_input_tokens,
+        calls=calls,
+        prices=settings.llm_prices,
     )
+
+
+def estimate_usd(settings: Settings, transcript: Transcript | None) -> float | None:
+    """What a Claude summary of the transcript will cost at most (~4 characters a token, every answer
+    at max_tokens); None when it costs nothing: no key (extractive) or nothing to summarise."""
+    if settings.anthropic_api_key is None or transcript is None:
+        return None
+    plan = plan_calls(transcript, settings.anthropic_max_input_tokens)
+    if plan.calls == 0:
+        return None
+    return llm_cost(settings, settings.anthropic_model, plan.input_tokens, plan.output_tokens) or 0.0
 
 
 def save(conn: psycopg.Connection, source: Source, summarized: Summarized) -> dict[str, Any]:
@@ -79,6 +109,10 @@ def save(conn: psycopg.Connection, source: Source, summarized: Summarized) -> di
         "model": summary.details.get("model"),
         "input_tokens": summary.details.get("input_tokens"),
         "output_tokens": summary.details.get("output_tokens"),
+        "calls": summary.details.get("calls"),
+        "reused_calls": summary.details.get("reused_calls"),
+        "cost_estimate_usd": summary.details.get("cost_estimate_usd"),
+        "cpu_seconds": summarized.cpu_seconds,
         "outputs": summarized.outputs,
     }
 
@@ -90,6 +124,30 @@ def then(conn: psycopg.Connection, source: Source, rows: StageRows) -> None:
 SPEC = StageSpec("summarization", work, save, then)
 
 
+def held_for_budget(resources: Resources, job: StageJob) -> bool:
+    """Whether the budget holds this summary back (its row then says ``waiting_budget``, and why)."""
+    settings = resources.settings
+    transcript = None
+    if settings.anthropic_api_key is not None:
+        with resources.pool.connection() as conn:
+            transcript = fetch_documents(conn, job.source_id).transcript
+    reason = budget.gate(
+        resources.pool,
+        source_id=job.source_id,
+        stage=job.stage,
+        job_id=job.job_id,
+        estimate_usd=estimate_usd(settings, transcript),
+        what="this summary",
+        recheck_seconds=settings.budget_recheck_seconds,
+    )
+    if reason is not None:
+        logger.info("waiting for budget: %s", reason, extra=job.log)
+    return reason is not None
+
+
 @app.task(name="dhgq.summarization", queue="summarization", pass_context=True)
 def summarization(context: JobContext, source_id: str) -> None:
+    resources, job = job_of(context, "summarization", source_id)
+    if held_for_budget(resources, job):
+        return  # the job ends without failing; the stage row waits, and a later job checks again
     run(context, SPEC, source_id)

