@@ -13,6 +13,7 @@ and an unavailable service are ``TransientError``, retried by the queue (Modal r
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dhgq.errors import ConfigurationError, DhgqError, PermanentError, TransientError, classify
+from dhgq.errors import ConfigurationError, DhgqError, PermanentError, StageTimeout, TransientError, classify
 from dhgq.media.serialize import diarization_from_dict, transcript_from_dict
 from dhgq.media.types import ANY_SPEAKERS, Diarization, Progress, SpeakerCount, Transcript
 from dhgq.settings import Settings
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from dhgq.media.transcription.engines import TranscriptionEngine
 
 RunInfo = dict[str, Any]
+logger = logging.getLogger(__name__)
 
 CREDENTIALS_FIX = "run `modal token new` or set MODAL_TOKEN_ID/MODAL_TOKEN_SECRET, then `dhgq modal deploy`"
 DEPLOY_FIX = "run `dhgq modal deploy`"
@@ -53,6 +55,7 @@ MODAL_WHISPER_MODELS = frozenset(
     }
 )
 LONG_AUDIO_SECONDS = 600.0
+MODAL_DIARIZERS = {"local": "Diarizer", "pyannote": "PyannoteDiarizer"}  # the app's class per engine
 
 
 class GpuBackend(Protocol):
@@ -148,9 +151,16 @@ class LocalBackend:
 
 
 class ModalBackend:
-    """The deployed Modal app: sends the WAV's bytes, gets dataclass dicts back."""
+    """The deployed Modal app: sends the audio (bytes or a signed URL), gets dataclass dicts back.
+
+    Each call is spawned and awaited in slices of ``POLL_SECONDS``, so that it can be cancelled:
+    when the stage's time limit passes here, or when the model host running this is killed (a
+    timeout or a cancel seen by the parent, which then calls ``cancel_modal_call`` with the id
+    reported through ``dhgq.runner.report_remote_work``).
+    """
 
     name = "modal"
+    POLL_SECONDS = 5.0
 
     def __init__(self, settings: Settings, *, long_audio_seconds: float = LONG_AUDIO_SECONDS) -> None:
         self.settings = settings
@@ -167,10 +177,11 @@ class ModalBackend:
         if model not in MODAL_WHISPER_MODELS:
             raise ConfigurationError(
                 f"Whisper model {model!r} is not one the Modal app can load: use one of "
-                f"{', '.join(sorted(MODAL_WHISPER_MODELS))} (DHGQ_WHISPER_MODEL)"
+                f"{', '.join(sorted(MODAL_WHISPER_MODELS))} (DHGQ_MODAL_WHISPER_MODEL)"
             )
         started = time.perf_counter()
         audio, seconds = audio_for_modal(self.settings, wav_path)
+        deadline = time.monotonic() + self.settings.stage_timeout(seconds)
         app_name = self.settings.modal_app_name
         long = seconds > self.long_audio_seconds
         function = "transcribe_long" if long else "Transcriber.transcribe"
@@ -187,10 +198,11 @@ class ModalBackend:
             modal_errors(app_name, "transcription"),
         ):
             if long:
-                output = modal.Function.from_name(app_name, "transcribe_long").remote(audio, model, language)
+                spawned = modal.Function.from_name(app_name, "transcribe_long").spawn(audio, model, language)
             else:
                 transcriber = modal.Cls.from_name(app_name, "Transcriber")(model=model)
-                output = transcriber.transcribe.remote(audio, model, language)
+                spawned = transcriber.transcribe.spawn(audio, model, language)
+            output = wait_for(spawned, deadline, "transcription", self.POLL_SECONDS)
             call.gpu_seconds = self._gpu_seconds(output)
         transcript = transcript_from_dict(output["transcript"])
         return transcript, run_info(
@@ -215,21 +227,29 @@ class ModalBackend:
         from dhgq.ledger import gpu_call
 
         started = time.perf_counter()
-        audio, _ = audio_for_modal(self.settings, wav_path)
-        app_name = self.settings.modal_app_name
+        audio, seconds = audio_for_modal(self.settings, wav_path)
+        deadline = time.monotonic() + self.settings.stage_timeout(seconds)
+        app_name, engine = self.settings.modal_app_name, self.settings.modal_diarization_engine
+        long = engine == "local" and seconds > self.long_audio_seconds
+        function = "diarize_long" if long else f"{MODAL_DIARIZERS[engine]}.diarize"
         with (
             gpu_call(
                 self.settings,
                 stage="diarization",
                 wav_path=wav_path,
-                function="Diarizer.diarize",
-                model="pyannote",
+                function=function,
+                model=engine,
                 speakers=speakers,
+                audio_s=seconds,
             ) as call,
             modal_errors(app_name, "diarization"),
         ):
-            diarizer = modal.Cls.from_name(app_name, "Diarizer")()
-            output = diarizer.diarize.remote(audio, speakers)
+            if long:
+                spawned = modal.Function.from_name(app_name, "diarize_long").spawn(audio, speakers)
+            else:
+                diarizer = modal.Cls.from_name(app_name, MODAL_DIARIZERS[engine])()
+                spawned = diarizer.diarize.spawn(audio, speakers)
+            output = wait_for(spawned, deadline, "diarization", self.POLL_SECONDS)
             call.gpu_seconds = self._gpu_seconds(output)
         diarization = diarization_from_dict(output["diarization"])
         return diarization, run_info(
@@ -240,6 +260,7 @@ class ModalBackend:
             engine=diarization.engine,
             device=output.get("device"),
             remote_s=round(output.get("seconds", 0.0), 3),
+            chunks=output.get("chunks", 1),
         )
 
     def _gpu_seconds(self, output: dict[str, Any]) -> float | None:
@@ -252,6 +273,48 @@ class ModalBackend:
             return None
         gpus = min(int(output.get("chunks") or 1), self.settings.modal_max_containers)
         return round(float(output["seconds"]) * gpus, 3)
+
+
+def wait_for(call: Any, deadline: float, stage: str, poll: float = 5.0) -> Any:
+    """The output of a spawned Modal call (a ``FunctionCall``), cancelled if it is not done by
+    ``deadline`` (``time.monotonic()``) or if this process is interrupted while it waits."""
+    from modal import exception as mx
+
+    from dhgq.runner import report_remote_work
+
+    report_remote_work(cancel_modal_call, call.object_id)
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StageTimeout(f"the Modal {stage} call ran past the stage's time limit and was cancelled")
+            try:
+                return call.get(timeout=min(poll, left))
+            except mx.TimeoutError as exc:
+                if isinstance(exc, mx.OutputExpiredError | mx.FunctionTimeoutError):
+                    raise
+    except BaseException as exc:
+        if isinstance(exc, StageTimeout) or not isinstance(exc, Exception):  # ours, or KeyboardInterrupt, SystemExit
+            cancel_call(call)
+        raise
+    finally:
+        report_remote_work(None)
+
+
+def cancel_call(call: Any) -> None:
+    """Cancel a spawned Modal call, best effort: a failure to cancel is logged, not raised."""
+    try:
+        call.cancel(terminate_containers=True)
+    except Exception as exc:  # noqa: BLE001 - the stage ends either way
+        logger.warning("could not cancel the Modal call %s: %s", getattr(call, "object_id", "?"), exc)
+
+
+def cancel_modal_call(call_id: str) -> None:
+    """Cancel the Modal call ``call_id`` (run by a model host's parent after it killed the child that waited on it)."""
+    import modal
+
+    cancel_call(modal.FunctionCall.from_id(call_id))
+    logger.info("cancelled the Modal call %s", call_id)
 
 
 WORK_PREFIX = "dhgq-work"  # Storage folder of the audio handed to Modal: no user's folder, service role only

@@ -8,6 +8,10 @@ times out kills the child, which is started afresh on the next call.
 A call names a module-level function (it travels pickled, by its qualified name), so an editor
 follows a task to the code its host runs. The child is started with the worker's Settings and
 passes them to every function as its first argument: one Settings object, built once.
+
+Work the child starts elsewhere (a Modal call, billed while it runs) would outlive a killed child,
+so the child tells the parent how to stop it (``report_remote_work``): a module-level function and
+its argument, which the parent calls after it kills the child for a timeout or a cancel.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ HostFunction = Callable[..., Result]  # called as function(settings, **kwargs) i
 
 
 _reporter: Progress | None = None  # the child's link to its parent, while a call runs
+_conn: Connection | None = None
+Stopper = tuple[Callable[[str], Any], str]  # (module-level function, its argument): stops remote work
 
 
 def report_progress(done_seconds: float, total_seconds: float) -> None:
@@ -40,10 +46,18 @@ def report_progress(done_seconds: float, total_seconds: float) -> None:
         _reporter(done_seconds, total_seconds)
 
 
+def report_remote_work(stop: Callable[[str], Any] | None, argument: str = "") -> None:
+    """From inside a host function: ``stop(argument)`` ends work started elsewhere, should this child be
+    killed before it returns (None: nothing to stop any more). A no-op outside a model host."""
+    if _conn is not None:
+        _conn.send(("remote", (stop, argument) if stop is not None else None))
+
+
 def _child_main(conn: Connection, settings: Settings) -> None:
     """The child's loop: call what it is asked, send back progress, then the value or the exception."""
-    global _reporter
+    global _reporter, _conn
     _reporter = lambda done, total: conn.send(("progress", (float(done), float(total))))  # noqa: E731
+    _conn = conn
     while True:
         try:
             function, kwargs = conn.recv()
@@ -68,6 +82,7 @@ class ModelHost:
         self.settings = settings
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
+        self._remote: Stopper | None = None  # what the running call started elsewhere
 
     def _ensure_started(self) -> Connection:
         if self._process is None or not self._process.is_alive() or self._conn is None:
@@ -96,6 +111,7 @@ class ModelHost:
         conn = self._ensure_started()
         conn.send((function, kwargs))
         deadline = time.monotonic() + timeout
+        self._remote = None
         while True:
             if not conn.poll(min(self.POLL_SECONDS, max(0.0, deadline - time.monotonic()))):
                 if should_stop is not None and should_stop():
@@ -114,18 +130,30 @@ class ModelHost:
                 if on_progress is not None:
                     on_progress(*message[1])
                 continue
+            if message[0] == "remote":
+                self._remote = message[1]
+                continue
+            self._remote = None
             _, ok, value = message
             if ok:
                 return value  # type: ignore[no-any-return]
             raise value
 
     def kill(self) -> None:
+        """Kill the child, then stop the remote work it reported and had not finished."""
         if self._process is not None and self._process.is_alive():
             self._process.kill()
             self._process.join(5)
         if self._conn is not None:
             self._conn.close()
         self._process, self._conn = None, None
+        remote, self._remote = self._remote, None
+        if remote is not None:
+            stop, argument = remote
+            try:
+                stop(argument)
+            except Exception as exc:  # noqa: BLE001 - best effort: the stage fails or is cancelled either way
+                logger.warning("could not stop the remote work of %s (%s): %s", self.name, argument, exc)
 
 
 class ModelPool:

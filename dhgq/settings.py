@@ -130,6 +130,14 @@ class Settings(BaseSettings):
     modal_gpu: str = "A10G"
     modal_whisper_model: str = Field("turbo", description="Whisper model of the Modal app, loaded at its start")
     modal_max_containers: int = Field(8, ge=1, description="GPU containers the Modal app may run at once")
+    modal_diarization_engine: Literal["local", "pyannote"] = Field(
+        "local",
+        description="diarizer of the Modal app: dhgq's own (no token), or pyannote (deployed only when asked for; "
+        "needs the dhgq-huggingface secret)",
+    )
+    modal_cold_start_seconds: float = Field(
+        300.0, ge=0, description="added to the model stages' time limit on Modal: an image and weights to load"
+    )
 
     # Summaries
     anthropic_api_key: SecretStr | None = Field(
@@ -192,8 +200,15 @@ class Settings(BaseSettings):
         return max(1, (os.cpu_count() or 1) // slots)
 
     def stage_timeout(self, audio_seconds: float | None) -> float:
-        """A stage's time limit, scaled by the length of the audio it works on."""
-        return self.stage_timeout_base + self.stage_timeout_per_audio_second * (audio_seconds or 0.0)
+        """A stage's time limit, scaled by the length of the audio it works on.
+
+        A model stage (one given its audio's length) that may run on Modal gets the cold-start
+        allowance on top: a first call waits for a GPU container, its image and its weights.
+        """
+        limit = self.stage_timeout_base + self.stage_timeout_per_audio_second * (audio_seconds or 0.0)
+        if audio_seconds is not None and self.gpu_backend != "local":
+            limit += self.modal_cold_start_seconds
+        return limit
 
     @property
     def work_dir(self) -> Path:

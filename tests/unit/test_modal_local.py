@@ -141,7 +141,7 @@ def test_the_container_openai_whisper_engine_runs_here(tmp_path: Path, talk: Ref
 
 @pytest.mark.slow
 def test_diarizer_body_runs_through_local(talk: Reference) -> None:
-    diarizer = app.Diarizer(engine="local")
+    diarizer = app.Diarizer(device="cpu")
     output = diarizer.diarize.local(talk.audio.read_bytes(), SpeakerCount(exact=2))  # type: ignore[attr-defined]
     diarization = diarization_from_dict(output["diarization"])
     assert len(diarization.speakers) == 2 and output["device"] == "cpu"
@@ -149,3 +149,81 @@ def test_diarizer_body_runs_through_local(talk: Reference) -> None:
     speech = sum(end - start for start, end, _ in talk.turns)
     covered = sum(t.end - t.start for t in diarization.turns)
     assert covered == pytest.approx(speech, rel=0.25)
+
+
+def test_a_failed_transcription_chunk_runs_once_more(talk: Reference) -> None:
+    calls: list[int] = []
+    text = {"text": "hello", "language": "en", "segments": [], "model": "turbo", "engine": "openai-whisper"}
+
+    def flaky(chunks: object) -> list[object]:
+        calls.append(len(chunks))  # type: ignore[arg-type]
+        done = {"transcript": text | {"duration_seconds": 15.0}, "device": "stand-in", "seconds": 2.0}
+        return [TransientError("lost") if len(calls) == 1 and i == 1 else done for i in range(len(chunks))]  # type: ignore[arg-type]
+
+    output = app.run_long_transcription(talk.audio.read_bytes(), flaky, max_chunk=15.0)
+    assert calls[1:] == [1] and output["chunks"] == calls[0] and output["gpu_seconds"] == 2.0 * calls[0]
+    assert transcript_from_dict(output["transcript"]).model == "turbo"
+
+
+def test_whisper_model_names_are_recorded_as_asked(tmp_path: Path) -> None:
+    from modal_gpu.bodies import OpenAIWhisper
+
+    engine = object.__new__(OpenAIWhisper)
+    for name in ("tiny.en", "turbo", "large-v3"):
+        engine.name = name
+        assert engine.model_name == name
+    checkpoint = tmp_path / "tiny.en.pt"
+    checkpoint.write_bytes(b"")
+    engine.name = str(checkpoint)
+    assert engine.model_name == "tiny.en"
+
+
+def test_the_app_has_no_secret_and_no_pyannote_unless_asked() -> None:
+    assert not hasattr(app, "PyannoteDiarizer") and not hasattr(app, "huggingface")
+    assert app.DEPLOY_ENV["DHGQ_MODAL_DIARIZATION_ENGINE"] == "local"
+
+
+PYANNOTE_RUN = """
+import sys
+from modal_gpu import app
+from dhgq.errors import PermanentError
+assert app.PYANNOTE and app.DEPLOY_ENV["DHGQ_MODAL_DIARIZATION_ENGINE"] == "pyannote"
+diarizer = app.PyannoteDiarizer()
+try:
+    diarizer.diarize.local(open(sys.argv[1], "rb").read())
+except PermanentError as exc:
+    print("PERMANENT", exc)
+"""
+
+
+@pytest.mark.parametrize("token", ["", "hf_refused"])
+def test_pyannote_on_modal_fails_for_good_naming_both_gates(token: str, talk: Reference, tmp_path: Path) -> None:
+    """The container starts (no crash loop); each call fails with a permanent error naming both gated
+    models. A stand-in pyannote.audio loads its pipeline as None, as pyannote does when a gate is refused."""
+    import os
+    import subprocess
+    import sys
+
+    fake = tmp_path / "site" / "pyannote" / "audio"
+    fake.mkdir(parents=True)
+    (fake.parent / "__init__.py").write_text("")
+    loads_none = "    @classmethod\n    def from_pretrained(cls, name, use_auth_token=None):\n        return None\n"
+    (fake / "__init__.py").write_text("class Pipeline:\n" + loads_none)
+    root = Path(app.__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
+    env |= {"DHGQ_MODAL_DIARIZATION_ENGINE": "pyannote", "PYTHONPATH": f"{root}{os.pathsep}{fake.parents[1]}"}
+    if token:
+        env["HF_TOKEN"] = token
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", PYANNOTE_RUN, str(talk.audio)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "PERMANENT" in done.stdout
+    assert "pyannote/speaker-diarization-3.1" in done.stdout and "pyannote/segmentation-3.0" in done.stdout
+    assert "modal secret create dhgq-huggingface HF_TOKEN=" in done.stdout
+    assert ("no HF_TOKEN" in done.stdout) == (not token)

