@@ -10,8 +10,7 @@ The Modal app's models run in an image this process cannot see; its version is t
 Everything here is computed from settings and installed files, never by loading a model, and is
 cached per process: a stage computes its key at every claim.
 
-``SUMMARIZATION`` is the summaries' reuse policy; ``dhgq/tasks/summarization.py`` wires it into its
-StageSpec (``reuse=reuse.SUMMARIZATION``).
+``SUMMARIZATION`` is the summaries' reuse policy, wired into ``dhgq/tasks/summarization.py``'s StageSpec.
 """
 
 from __future__ import annotations

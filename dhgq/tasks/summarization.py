@@ -17,7 +17,7 @@ import psycopg
 from procrastinate import JobContext
 from psycopg.types.json import Jsonb
 
-from dhgq import budget
+from dhgq import budget, reuse
 from dhgq.app import app
 from dhgq.errors import PermanentError
 from dhgq.fetch import scheme_of
@@ -121,7 +121,7 @@ def then(conn: psycopg.Connection, source: Source, rows: StageRows) -> None:
     """The last stage: nothing follows."""
 
 
-SPEC = StageSpec("summarization", work, save, then)
+SPEC = StageSpec("summarization", work, save, then, reuse=reuse.SUMMARIZATION)
 
 
 def held_for_budget(resources: Resources, job: StageJob) -> bool:

@@ -30,24 +30,12 @@ pytestmark = pytest.mark.slow
 STAGES = ("extraction", "transcription", "diarization", "summarization")
 MODEL_CALL = "model host runs"  # what dhgq.pipeline logs before a model stage hands work to its model host
 
-# `dhgq worker --once` with the summaries' reuse policy wired into their StageSpec, as
-# dhgq/tasks/summarization.py is to do (reuse=reuse.SUMMARIZATION): until it does, the worker
-# process wires it itself, so that the whole pipeline is reused.
-WORKER = """
-import dataclasses, sys
-from dhgq import reuse
-from dhgq.tasks import summarization
-if summarization.SPEC.reuse is None:
-    summarization.SPEC = dataclasses.replace(summarization.SPEC, reuse=reuse.SUMMARIZATION)
-from dhgq.cli import main
-sys.argv = ["dhgq", "worker", "--once"]
-main()
-"""
-
 
 def run_worker(env: dict[str, str], timeout: float = 600) -> str:
     """One ``dhgq worker --once`` until the queues are empty; its log."""
-    done = subprocess.run([sys.executable, "-c", WORKER], env=env, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-m", "dhgq", "worker", "--once"], env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return done.stdout + done.stderr
 
