@@ -118,7 +118,7 @@ def test_deploy_and_check_without_credentials(no_credentials: None) -> None:
     with pytest.raises(ConfigurationError, match="modal token new"):
         modal_deploy.deploy(config)
     results = modal_deploy.check(config)
-    assert [name for name, _, _ in results] == ["credentials", "deployment", "round trip"]
+    assert [name for name, _, _ in results] == ["credentials", "deployment", "transcription", "diarization"]
     assert results[0][1] is False and "modal token new" in results[0][2]
     assert not any(ok for _, ok, _ in results)
 
@@ -137,33 +137,58 @@ def test_a_missing_deployment_names_dhgq_modal_deploy(monkeypatch: pytest.Monkey
 # ---- the Modal backend end to end, its "remote" calls run in-process through .local() -----------
 
 
+class LocalCall:
+    """A stand-in for a spawned ``modal.FunctionCall``: the body already ran here, through ``.local()``."""
+
+    count = 0
+
+    def __init__(self, run: Any) -> None:
+        LocalCall.count += 1
+        self.object_id = f"fc-local-{LocalCall.count}"
+        self.cancelled = False
+        try:
+            self.output, self.error = run(), None
+        except Exception as exc:  # noqa: BLE001 - raised by get(), as Modal re-raises the remote's exception
+            self.output, self.error = None, exc
+
+    def get(self, timeout: float | None = None) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.output
+
+    def cancel(self, terminate_containers: bool = False) -> None:
+        self.cancelled = True
+
+
+def spawner(body: Any, **fixed: Any) -> SimpleNamespace:
+    return SimpleNamespace(spawn=lambda *args, **kwargs: LocalCall(lambda: body(*args, **kwargs, **fixed)))
+
+
 @pytest.fixture
 def modal_in_process(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Route ``Cls.from_name``/``Function.from_name`` to the app's own classes, run with ``.local()``."""
     from modal_gpu import app
 
     calls: list[str] = []
-    engines = {"Transcriber": {"engine": "faster-whisper"}, "Diarizer": {"engine": "local"}}
+    params = {"Transcriber": {"engine": "faster-whisper"}, "Diarizer": {"device": "cpu"}}
 
     def cls_from_name(app_name: str, name: str, **_: Any) -> Any:
         assert app_name == "dhgq-gpu"
 
-        def construct(**params: Any) -> Any:
-            instance = getattr(app, name)(**engines[name], **params)
+        def construct(**given: Any) -> Any:
+            instance = getattr(app, name)(**params[name], **given)
             method = "transcribe" if name == "Transcriber" else "diarize"
             calls.append(name)
-            return SimpleNamespace(**{method: SimpleNamespace(remote=getattr(instance, method).local)})
+            return SimpleNamespace(**{method: spawner(getattr(instance, method).local)})
 
         return construct
 
     def function_from_name(app_name: str, name: str, **_: Any) -> Any:
-        assert (app_name, name) == ("dhgq-gpu", "transcribe_long")
+        assert app_name == "dhgq-gpu" and name in ("transcribe_long", "diarize_long")
         calls.append(name)
-        return SimpleNamespace(
-            remote=lambda audio, model, language: app.transcribe_long.local(
-                audio, model, language, engine="faster-whisper", max_chunk=20.0
-            )
-        )
+        if name == "transcribe_long":
+            return spawner(app.transcribe_long.local, engine="faster-whisper", max_chunk=20.0)
+        return spawner(app.diarize_long.local, max_chunk=20.0, device="cpu")
 
     monkeypatch.setattr(modal.Cls, "from_name", cls_from_name)
     monkeypatch.setattr(modal.Function, "from_name", function_from_name)
@@ -188,6 +213,11 @@ def test_modal_backend_round_trip_in_process(modal_in_process: list[str], dialog
     diarization, info = short.diarize(dialogue_wav, speakers=SpeakerCount(exact=2))
     assert modal_in_process[-1] == "Diarizer" and len(diarization.speakers) == 2
     assert info["backend"] == "modal" and info["model"] == "local" and info["device"] == "cpu"
+
+    long = gpu.ModalBackend(settings(), long_audio_seconds=30.0)
+    diarization, info = long.diarize(dialogue_wav, speakers=SpeakerCount(exact=2))
+    assert modal_in_process[-1] == "diarize_long" and info["chunks"] >= 2
+    assert len(diarization.speakers) == 2
 
 
 @pytest.fixture(scope="module")
