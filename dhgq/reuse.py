@@ -5,7 +5,7 @@ A reuse key must change whenever the output could: so its versions are the insta
 model directory), and dhgq's own code that shapes the output (a hash of the stage's ``dhgq.media``
 package: any change there stops reuse of older outputs, which errs on the side of computing).
 The Modal app's models run in an image this process cannot see; its version is the hash of
-``modal_gpu/app.py``, which pins that image's packages and models.
+``modal_gpu``'s code and lock files, which pin that image's packages and models.
 
 Everything here is computed from settings and installed files, never by loading a model, and is
 cached per process: a stage computes its key at every claim.
@@ -70,11 +70,16 @@ def code_version(package: str) -> str:
 
 @lru_cache(maxsize=1)
 def modal_app_version() -> str | None:
-    """A hash of ``modal_gpu/app.py``: it pins the Modal image's packages and models."""
+    """A hash of the Modal app's code and lock files (``modal_gpu/*.py``, ``*.lock``): they pin the
+    image's packages and models."""
     spec = importlib.util.find_spec("modal_gpu.app")
     if spec is None or spec.origin is None:
         return None
-    return "modal_gpu/app.py:" + hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:SHORT]
+    digest = hashlib.sha256()
+    folder = Path(spec.origin).parent
+    for path in sorted([*folder.glob("*.py"), *folder.glob("*.lock")]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return "modal_gpu:" + digest.hexdigest()[:SHORT]
 
 
 @lru_cache(maxsize=4)

@@ -1,4 +1,4 @@
-"""Diarization: who spoke when (local CPU diarizer or pyannote on Modal), then the fan-in.
+"""Diarization: who spoke when (dhgq's own diarizer, on the CPU or on Modal's GPUs, or pyannote), then the fan-in.
 
 Reuse: the output is keyed by the file's sha256, the extraction's version, the engine with its
 version (the packages, and dhgq's own diarizer code for the local engine, or the Modal app's pins),
@@ -79,7 +79,9 @@ def identity(settings: Settings, source: Source) -> Identity | None:
     }
     if backend == "modal":
         app_version = modal_app_version()
-        return Identity("modal/pyannote", app_version, PYANNOTE_MODEL, app_version, options)
+        if settings.modal_diarization_engine == "pyannote":
+            return Identity("modal/pyannote", app_version, PYANNOTE_MODEL, app_version, options)
+        return Identity("modal/local", app_version, "senko", app_version, options)
     if backend != "local":
         return None
     if settings.diarization_engine == "pyannote":
