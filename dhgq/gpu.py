@@ -69,10 +69,7 @@ class GpuBackend(Protocol):
     ) -> tuple[Transcript, RunInfo]: ...
 
     def diarize(
-        self,
-        wav_path: Path,
-        *,
-        speakers: SpeakerCount = ANY_SPEAKERS,
+        self, wav_path: Path, *, speakers: SpeakerCount = ANY_SPEAKERS, progress: Progress | None = None
     ) -> tuple[Diarization, RunInfo]: ...
 
 
@@ -137,14 +134,11 @@ class LocalBackend:
         return transcript, run_info(self.name, None, model, started, cpu_started, engine=transcript.engine)
 
     def diarize(
-        self,
-        wav_path: Path,
-        *,
-        speakers: SpeakerCount = ANY_SPEAKERS,
+        self, wav_path: Path, *, speakers: SpeakerCount = ANY_SPEAKERS, progress: Progress | None = None
     ) -> tuple[Diarization, RunInfo]:
         started, cpu_started = time.perf_counter(), time.process_time()
         diarizer = self.diarization_engine()
-        diarization = diarizer.diarize(Path(wav_path), speakers=speakers)
+        diarization = diarizer.diarize(Path(wav_path), speakers=speakers, progress=progress)
         return diarization, run_info(
             self.name, None, diarization.engine, started, cpu_started, engine=diarization.engine
         )
@@ -217,10 +211,7 @@ class ModalBackend:
         )
 
     def diarize(
-        self,
-        wav_path: Path,
-        *,
-        speakers: SpeakerCount = ANY_SPEAKERS,
+        self, wav_path: Path, *, speakers: SpeakerCount = ANY_SPEAKERS, progress: Progress | None = None
     ) -> tuple[Diarization, RunInfo]:
         import modal
 
@@ -440,7 +431,9 @@ def transcribe(
 
 def diarize(settings: Settings, wav_path: str, speakers: SpeakerCount = ANY_SPEAKERS) -> tuple[Diarization, RunInfo]:
     """Who spoke when; a request's speaker count steers the clustering."""
-    return backend_for(settings).diarize(Path(wav_path), speakers=speakers)
+    from dhgq.runner import report_progress
+
+    return backend_for(settings).diarize(Path(wav_path), speakers=speakers, progress=report_progress)
 
 
 def warm(settings: Settings, stage: str) -> str:

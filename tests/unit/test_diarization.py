@@ -455,9 +455,16 @@ def test_long_recording_path_gives_the_same_speakers(two_speakers: Reference, tm
     from dhgq.media.diarization.local import LocalDiarizer, LocalDiarizerConfig
 
     config = LocalDiarizerConfig(chunk_seconds=10.0, feature_spill_bytes=0, max_cluster_seeds=40)
-    result = LocalDiarizer(config=config).diarize(two_speakers.audio)
+    reports: list[tuple[float, float]] = []
+    result = LocalDiarizer(config=config).diarize(two_speakers.audio, progress=lambda *r: reports.append(r))
     assert result.speakers == ["SPEAKER_1", "SPEAKER_2"]
     assert _score(two_speakers, result, tmp_path) <= 0.05
+    # media-aware progress: audio seconds analysed after each chunk, rising to the whole file
+    duration = sf.info(str(two_speakers.audio)).duration
+    done = [seconds for seconds, _ in reports]
+    assert len(reports) >= 3 and done == sorted(done) and done[0] < duration / 2
+    assert all(total == pytest.approx(duration, abs=0.01) for _, total in reports)
+    assert done[-1] == pytest.approx(duration, abs=0.01)
 
 
 @pytest.mark.slow

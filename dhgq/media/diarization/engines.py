@@ -16,7 +16,7 @@ import numpy as np
 
 from dhgq.errors import ConfigurationError, PermanentError
 from dhgq.media.speakers import relabel_speakers
-from dhgq.media.types import ANY_SPEAKERS, Diarization, SpeakerCount, SpeakerTurn
+from dhgq.media.types import ANY_SPEAKERS, Diarization, Progress, SpeakerCount, SpeakerTurn
 
 PYANNOTE_MODEL = "pyannote/speaker-diarization-3.1"
 ENGINES = ("local", "pyannote")
@@ -33,6 +33,7 @@ class DiarizationEngine(Protocol):
         wav_path: str | Path,
         *,
         speakers: SpeakerCount = ANY_SPEAKERS,
+        progress: Progress | None = None,
     ) -> Diarization: ...
 
 
@@ -92,6 +93,7 @@ class PyannoteEngine:
         wav_path: str | Path,
         *,
         speakers: SpeakerCount = ANY_SPEAKERS,
+        progress: Progress | None = None,  # pyannote's pipeline reports no audio seconds
     ) -> Diarization:
         if not Path(wav_path).is_file():
             raise PermanentError(f"audio file not found: {wav_path}", file=str(wav_path))

@@ -42,7 +42,7 @@ from dhgq.media.diarization.features import SPILL_BYTES, FeatureStore, pooled_st
 from dhgq.media.diarization.models import SegmentationModel, SpeakerEmbedder
 from dhgq.media.diarization.resegment import resegment
 from dhgq.media.diarization.split import SplitCheck, split_merged_speakers
-from dhgq.media.types import ANY_SPEAKERS, Diarization, SpeakerCount, SpeakerTurn
+from dhgq.media.types import ANY_SPEAKERS, Diarization, Progress, SpeakerCount, SpeakerTurn
 
 FEATURE_STEP = 0.02  # CAM++ frame-level features: 10 ms fbank frames, stride 2
 FEATURE_START = 0.0125
@@ -109,10 +109,13 @@ class LocalDiarizer:
         wav_path: str | Path,
         *,
         speakers: SpeakerCount = ANY_SPEAKERS,
+        progress: Progress | None = None,
     ) -> Diarization:
+        """Who spoke when. ``progress`` hears (audio seconds analysed, audio seconds) after each
+        chunk: the analysis takes most of the time; the decisions that follow take seconds."""
         with open_audio(wav_path, MIN_SAMPLES) as source:
             source.gain = source_gain(source)
-            analysis = self.analyse_source(source)
+            analysis = self.analyse_source(source, progress)
         try:
             return self.decide(analysis, speakers=speakers)
         finally:
@@ -122,7 +125,7 @@ class LocalDiarizer:
         """The models' view of samples in memory (16 kHz, loudness already normalised)."""
         return self.analyse_source(ArraySource(audio, MIN_SAMPLES))
 
-    def analyse_source(self, source: AudioSource) -> Analysis:
+    def analyse_source(self, source: AudioSource, progress: Progress | None = None) -> Analysis:
         """Segmentation posteriors, window embeddings and CAM++ features, a chunk at a time.
 
         Too short a recording is padded with silence (the embedding network's convolutions need
@@ -155,6 +158,9 @@ class LocalDiarizer:
                 embeddings[first:last] = self._window_embeddings(
                     features.store, seg.hard(part), starts[first:last] / SAMPLE_RATE
                 )
+                if progress is not None:
+                    total = source.real_length / SAMPLE_RATE
+                    progress(min(total, (int(starts[last - 1]) + size) / SAMPLE_RATE), total)
             features.compute_until(np.inf)
         except BaseException:
             features.store.close()
