@@ -85,3 +85,37 @@ def test_blockwise_features_equal_faster_whispers(seconds: float) -> None:
     ours, theirs = BlockwiseFeatureExtractor()(audio), FeatureExtractor()(audio)
     assert ours.shape == theirs.shape and ours.dtype == np.float32
     assert np.abs(ours - theirs).max() < 1e-5
+
+
+@pytest.mark.slow
+def test_a_long_wav_is_transcribed_in_windows_cut_at_silences(
+    engine: TranscriptionEngine, talk: Reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What an hour goes through (10-minute windows, memory flat), on the talk with 20 s windows:
+    the windows tile the file, every cut lies in a pause, and the words and their times come out
+    as well as from one piece."""
+    import soundfile as sf
+
+    from dhgq.media.transcription.engines import SAMPLE_RATE, audio_windows
+
+    whole = engine.transcribe(talk.audio)
+    windows = list(audio_windows(talk.audio, window=20.0, search=8.0))
+    assert len(windows) >= 3
+    offsets = [offset for offset, _ in windows]
+    ends = [offset + samples.size / SAMPLE_RATE for offset, samples in windows]
+    assert offsets[0] == 0 and ends[:-1] == pytest.approx(offsets[1:])
+    assert max(end - offset for offset, end in zip(offsets, ends, strict=True)) <= 20
+    assert ends[-1] == pytest.approx(sf.info(str(talk.audio)).duration)
+    for cut in offsets[1:]:  # no word of the script is cut in two
+        assert not any(start + 0.05 < cut < end - 0.05 for start, end, _ in talk.turns), cut
+
+    monkeypatch.setattr(engine, "window_seconds", 20.0)
+    reports: list[tuple[float, float]] = []
+    windowed = engine.transcribe(talk.audio, progress=lambda *r: reports.append(r))
+    assert windowed.duration_seconds == pytest.approx(whole.duration_seconds)
+    times = [(w.start, w.end) for s in windowed.segments for w in s.words]
+    assert times == sorted(times)
+    # as good as in one piece (the 10-minute windows of real use restart Whisper's context 6 times an hour)
+    assert jiwer.wer(normalise(talk.words), normalise(windowed.text)) <= 0.15
+    done = [d for d, _ in reports]
+    assert done == sorted(done) and max(done) > ends[0] and {total for _, total in reports} == {ends[-1]}

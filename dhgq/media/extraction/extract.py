@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -115,14 +116,13 @@ def extract_audio(source: Path, out_dir: Path, *, stem: str, timeout: float | No
                 f"{source}: ffmpeg could not decode the audio ({last_error_line(done.stderr)})",
                 file=str(source),
             )
-        samples = _read_wav(_partial(wav), source)
-        _refuse_truncated(source, timeline, samples.size / SAMPLE_RATE, done.stderr)
+        metrics = _quality_metrics(_partial(wav), source, done.stderr)
+        _refuse_truncated(source, timeline, metrics["duration_seconds"], done.stderr)
         for path in [wav] + ([compact] if compact else []):
             _partial(path).replace(path)
     finally:
         for partial in partials:
             partial.unlink(missing_ok=True)
-    metrics = _quality_metrics(samples, done.stderr)
     metrics["extraction_seconds"] = round(time.monotonic() - started, 3)
     return ExtractionResult(
         wav_path=str(wav), compact_path=str(compact) if compact else None, probe=info, quality_metrics=metrics
@@ -404,14 +404,21 @@ def _remaining(timeout: float | None, started: float) -> float | None:
     return None if timeout is None else max(0.1, timeout - (time.monotonic() - started))
 
 
-def _read_wav(path: Path, source: Path) -> np.ndarray:
+def _wav_blocks(path: Path, source: Path, block: int = 60 * SAMPLE_RATE) -> Iterator[np.ndarray]:
+    """The extracted WAV's int16 samples, a minute at a time (an hour whole would be 115 MB, and
+    its float copies several times that)."""
     try:
-        samples, rate = sf.read(str(path), dtype="int16", always_2d=False)
+        handle = sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise PermanentError(f"{source}: ffmpeg wrote no readable audio ({exc})", file=str(source)) from exc
-    if rate != SAMPLE_RATE or samples.ndim != 1:
-        raise PermanentError(f"{source}: extracted audio is not 16 kHz mono", file=str(source))
-    return samples
+    with handle:
+        if handle.samplerate != SAMPLE_RATE or handle.channels != 1:
+            raise PermanentError(f"{source}: extracted audio is not 16 kHz mono", file=str(source))
+        while True:
+            samples = handle.read(block, dtype="int16")
+            if samples.size == 0:
+                return
+            yield samples
 
 
 def _refuse_truncated(source: Path, timeline: Timeline, decoded: float, stderr: str) -> None:
@@ -436,22 +443,34 @@ def _refuse_truncated(source: Path, timeline: Timeline, decoded: float, stderr: 
 # --- quality metrics ---------------------------------------------------------------------------
 
 
-def _quality_metrics(samples: np.ndarray, ffmpeg_stderr: str) -> dict[str, Any]:
-    """Loudness from ebur128's summary; peak, RMS, silence and clipping from the samples."""
+def _quality_metrics(wav: Path, source: Path, ffmpeg_stderr: str) -> dict[str, Any]:
+    """Loudness from ebur128's summary; peak, RMS, silence and clipping from the samples, read a
+    block at a time so that memory does not grow with the talk."""
     lufs, lra = _ebur128_summary(ffmpeg_stderr)
-    x = samples.astype(np.float32) / 32768.0
-    peak = float(np.max(np.abs(x))) if x.size else 0.0
-    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+    count, peak, squares, clipped = 0, 0, 0.0, 0
+    frame = SAMPLE_RATE // 50
+    levels: list[np.ndarray] = []  # mean square of each 20 ms frame
+    carry = np.zeros(0, dtype=np.int16)
+    for block in _wav_blocks(wav, source):
+        wide = block.astype(np.int32)
+        count += block.size
+        peak = max(peak, int(np.max(np.abs(wide))))
+        squares += float(np.sum(np.square(wide, dtype=np.float64)))
+        clipped += int(np.count_nonzero(np.abs(wide) >= 32767))
+        joined = np.concatenate([carry, block])
+        whole = joined.size - joined.size % frame
+        x = joined[:whole].astype(np.float64) / 32768.0
+        levels.append(np.mean(np.square(x.reshape(-1, frame)), axis=1))
+        carry = joined[whole:]
+    rms = float(np.sqrt(squares / count)) / 32768.0 if count else 0.0
     return {
-        "duration_seconds": round(samples.size / SAMPLE_RATE, 3),
+        "duration_seconds": round(count / SAMPLE_RATE, 3),
         "integrated_loudness_lufs": lufs,
         "loudness_range_lu": lra,
-        "peak_dbfs": _dbfs(peak),
+        "peak_dbfs": _dbfs(min(peak, 32768) / 32768.0),
         "rms_dbfs": _dbfs(rms),
-        "silence_ratio": round(_silence_ratio(x), 4),
-        "clipping_ratio": round(
-            float(np.count_nonzero(np.abs(samples.astype(np.int32)) >= 32767)) / max(1, samples.size), 6
-        ),
+        "silence_ratio": round(_silence_ratio(np.concatenate(levels) if levels else np.zeros(0)), 4),
+        "clipping_ratio": round(clipped / max(1, count), 6),
     }
 
 
@@ -471,14 +490,13 @@ def _dbfs(amplitude: float) -> float | None:
     return round(20.0 * float(np.log10(amplitude)), 2) if amplitude > 0 else None
 
 
-def _silence_ratio(x: np.ndarray) -> float:
-    """Share of the audio inside quiet runs of at least SILENCE_MIN_SECONDS (as silencedetect)."""
-    frame = SAMPLE_RATE // 50
-    frames = x[: x.size - x.size % frame].reshape(-1, frame)
-    if frames.shape[0] == 0:
+def _silence_ratio(levels: np.ndarray) -> float:
+    """Share of the audio inside quiet runs of at least SILENCE_MIN_SECONDS (as silencedetect),
+    from the mean square of each 20 ms frame."""
+    if levels.size == 0:
         return 1.0
-    quiet = np.mean(np.square(frames), axis=1) < 10 ** (SILENCE_DBFS / 10)
+    quiet = levels < 10 ** (SILENCE_DBFS / 10)
     edges = np.flatnonzero(np.diff(np.concatenate(([0], quiet.astype(np.int8), [0]))))
     runs = edges[1::2] - edges[::2]
     min_frames = int(SILENCE_MIN_SECONDS * 50)
-    return float(runs[runs >= min_frames].sum()) / frames.shape[0]
+    return float(runs[runs >= min_frames].sum()) / levels.size

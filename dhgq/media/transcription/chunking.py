@@ -103,6 +103,16 @@ def _cut(levels: np.ndarray, runs: list[tuple[int, int]], lo: int, hi: int) -> C
     return Cut((lo + int(quietest[-1])) * FRAME_SECONDS, -math.inf, math.inf)
 
 
+def quiet_cut(samples: np.ndarray, sample_rate: int, *, min_silence: float = 0.3) -> float:
+    """Where to cut these samples, in seconds from their start: the middle of the latest silence of
+    at least ``min_silence`` seconds, else the quietest 50 ms."""
+    levels = frame_levels(samples, sample_rate)
+    if levels.size == 0:
+        return 0.0
+    runs = _silent_runs(levels < silence_threshold(levels), max(1, round(min_silence / FRAME_SECONDS)))
+    return _cut(levels, runs, 0, len(levels)).at
+
+
 def cut_points(samples: np.ndarray, sample_rate: int, *, max_span: float, min_silence: float = 0.3) -> list[Cut]:
     """Cuts so that no piece between two cuts is longer than ``max_span`` seconds."""
     levels = frame_levels(samples, sample_rate)

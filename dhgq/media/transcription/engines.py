@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -18,10 +19,13 @@ import numpy as np
 import soundfile as sf
 
 from dhgq.errors import ConfigurationError, PermanentError
+from dhgq.media.transcription.chunking import quiet_cut, stitch
 from dhgq.media.types import Progress, Segment, Transcript, Word
 
 SAMPLE_RATE = 16_000
 BEAM_SIZE = 5
+WINDOW_SECONDS = 600.0  # a long WAV is transcribed in windows of at most this much audio...
+CUT_SEARCH_SECONDS = 20.0  # ...each cut at a silence in its last this-many seconds
 
 
 @runtime_checkable
@@ -80,6 +84,7 @@ class FasterWhisperEngine:
     """Whisper on CTranslate2: int8 on CPU, VAD-filtered, with word timestamps."""
 
     name = "faster-whisper"
+    window_seconds = WINDOW_SECONDS
 
     def __init__(
         self, model: str, *, compute_type: str = "int8", models_dir: Path | None = None, cpu_threads: int = 0
@@ -103,7 +108,24 @@ class FasterWhisperEngine:
     def transcribe(
         self, wav_path: Path, *, language: str | None = None, progress: Progress | None = None
     ) -> Transcript:
-        audio = load_audio(wav_path)
+        """The WAV in windows of at most ``WINDOW_SECONDS`` cut at silences, so that memory stays
+        flat however long the talk (faster-whisper holds a window's samples, its VAD copy and its
+        features at once: about 1.5 GB for an hour in one piece). Windows after the first are
+        decoded in the language the first one found, unless one was asked for."""
+        windows = list(audio_windows(Path(wav_path), self.window_seconds))
+        duration = windows[-1][0] + windows[-1][1].size / SAMPLE_RATE if windows else 0.0
+        results: list[tuple[float, Transcript]] = []
+        for offset, audio in windows:
+            report = _offset_progress(progress, offset, duration)
+            part = self._transcribe_samples(audio, language=language, progress=report)
+            language = language or part.language
+            results.append((offset, part))
+        if len(results) == 1:
+            return results[0][1]
+        stitched = stitch(results, boundaries=[offset for offset, _ in results[1:]])
+        return replace(stitched, language=language, duration_seconds=duration)
+
+    def _transcribe_samples(self, audio: np.ndarray, *, language: str | None, progress: Progress | None) -> Transcript:
         duration = audio.size / SAMPLE_RATE
         if not has_speech(audio):
             return Transcript("", language, [], self.model_name, self.name, duration)
@@ -124,6 +146,45 @@ class FasterWhisperEngine:
             for piece in _reporting(pieces, duration, progress)  # a generator: decoding happens here
         ]
         return Transcript(join_text(segments), info.language, segments, self.model_name, self.name, duration)
+
+
+def _offset_progress(progress: Progress | None, offset: float, total: float) -> Progress | None:
+    """``progress`` for a window that starts ``offset`` seconds into a file of ``total`` seconds."""
+    if progress is None:
+        return None
+    return lambda done, _window: progress(min(total, offset + done), total)
+
+
+def audio_windows(
+    path: Path, window: float = WINDOW_SECONDS, search: float = CUT_SEARCH_SECONDS
+) -> Iterator[tuple[float, np.ndarray]]:
+    """(offset in seconds, float32 16 kHz samples) of consecutive windows of the file, each at most
+    ``window`` seconds long and cut at a silence in its last ``search`` seconds. A 16 kHz mono WAV is
+    read a window at a time; anything else is decoded whole (files a user hands in directly)."""
+    if not path.is_file():
+        raise PermanentError(f"{path}: audio file not found", file=str(path))
+    try:
+        info = sf.info(str(path))
+        streamed = info.samplerate == SAMPLE_RATE and info.channels == 1
+    except sf.LibsndfileError:
+        streamed = False
+    if not streamed:
+        yield 0.0, load_audio(path)
+        return
+    size, reach = int(window * SAMPLE_RATE), int(search * SAMPLE_RATE)
+    with sf.SoundFile(str(path)) as handle:
+        total, start = handle.frames, 0
+        while True:
+            handle.seek(start)
+            samples = handle.read(min(size, total - start), dtype="float32")
+            if start + len(samples) >= total:
+                yield start / SAMPLE_RATE, samples
+                return
+            tail = len(samples) - reach
+            cut = tail + int(round(quiet_cut(samples[tail:], SAMPLE_RATE) * SAMPLE_RATE))
+            cut = max(cut, SAMPLE_RATE)  # always forward
+            yield start / SAMPLE_RATE, samples[:cut]
+            start += cut
 
 
 class OpenAIWhisperEngine:
