@@ -14,6 +14,7 @@ and an unavailable service are ``TransientError``, retried by the queue (Modal r
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -407,7 +408,12 @@ def select_backend(settings: Settings) -> tuple[GpuBackend, str]:
 
 @lru_cache(maxsize=2)
 def backend_for(settings: Settings) -> GpuBackend:
-    """This process's backend, built once; local models share the cores with the worker's other hosts."""
+    """This process's backend, built once; local models share the cores with the worker's other hosts.
+
+    The process's temporary files (the diarizer's spilled features of a long talk, say) go under
+    ``DHGQ_TEMP_DIR`` (a disk the operator chose), not wherever the system keeps them."""
+    settings.scratch_dir.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(settings.scratch_dir)
     backend, _reason = select_backend(settings)
     if isinstance(backend, LocalBackend):
         backend.cpu_threads = settings.threads_per_model_job()
