@@ -188,21 +188,29 @@ def test_a_worker_killed_mid_summary_is_resumed_without_asking_again(db_url: str
 
 
 class FakeRemote:
-    """modal.Cls.from_name(app, "Diarizer")() as far as ModalBackend uses it."""
+    """modal.Cls.from_name(app, "Diarizer")() as far as ModalBackend uses it: ``spawn`` gives a
+    FunctionCall whose ``get`` returns the output or raises the remote's error."""
 
     def __init__(self, seconds: float, error: Exception | None = None) -> None:
         self.seconds, self.error = seconds, error
         self.diarize = self
         self.transcribe = self
+        self.object_id = "fc-fake"
 
     def __call__(self, **_: Any) -> FakeRemote:
         return self
 
-    def remote(self, audio: Any, *args: Any) -> dict[str, Any]:
+    def spawn(self, audio: Any, *args: Any) -> FakeRemote:
+        return self
+
+    def get(self, timeout: float | None = None) -> dict[str, Any]:
         if self.error is not None:
             raise self.error
         diarization = {"turns": [{"start": 0.0, "end": 1.0, "speaker": "SPEAKER_1"}], "speakers": ["SPEAKER_1"]}
         return {"diarization": diarization, "device": "cuda:0 (fake)", "seconds": self.seconds}
+
+    def cancel(self, terminate_containers: bool = False) -> None:
+        pass
 
 
 def test_modal_gpu_calls_are_recorded_with_their_seconds_and_cost(
@@ -230,7 +238,7 @@ def test_modal_gpu_calls_are_recorded_with_their_seconds_and_cost(
     monkeypatch.setattr(modal.Cls, "from_name", lambda app_name, name: FakeRemote(12.5))
     diarization, info = gpu.ModalBackend(settings).diarize(wav)
     assert diarization.speakers == ["SPEAKER_1"] and info["remote_s"] == 12.5
-    monkeypatch.setattr(modal.Cls, "from_name", lambda app_name, name: FakeRemote(0, mx.TimeoutError("no GPU")))
+    monkeypatch.setattr(modal.Cls, "from_name", lambda app_name, name: FakeRemote(0, mx.FunctionTimeoutError("no GPU")))
     with pytest.raises(TransientError):
         gpu.ModalBackend(settings).diarize(wav)
 
