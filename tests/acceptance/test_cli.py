@@ -149,6 +149,10 @@ def test_status_overview_and_one_source(cli: CliRunner, conn: psycopg.Connection
             "seconds": 12.5,
             "job_id": detail["stages"][0]["job_id"],
             "media": None,  # a running model stage's audio seconds, realtime factor and ETA
+            "reused_from": None,  # the source whose output a reused stage copied
+            "stale": [],  # why an output is stale (model_version, prompt_version)
+            "cost_usd": 0.0,  # paid calls (Claude, Modal GPU) of the stage, from the ledger
+            "paid_calls": 0,
         }
     ]
     by_name = as_json(run(cli, "status", "finished.mp4", "--json"))

@@ -7,6 +7,8 @@ another Whisper model is not reused; two users never reuse or see each other's o
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -145,6 +147,26 @@ def test_the_same_file_requested_again_by_its_owner_is_reused(
         assert len(claude.requests) == calls  # no Messages API request
     assert_reused_copy(db_url, first["source_id"], second["source_id"])
     assert scalar(db_url, "SELECT status FROM processing_jobs WHERE id = %s", (second["id"],)) == "completed"
+    # dhgq status says where each stage came from, and what the first run's Claude calls cost
+    status = subprocess.run(
+        [sys.executable, "-m", "dhgq", "status", str(second["source_id"]), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    stages = json.loads(status.stdout)["stages"]
+    assert {row["stage"]: row["reused_from"] for row in stages} == dict.fromkeys(STAGES, str(first["source_id"]))
+    assert all(row["paid_calls"] == 0 and row["stale"] == [] for row in stages)
+    human = subprocess.run(
+        [sys.executable, "-m", "dhgq", "status", str(first["source_id"])],
+        env=env | {"COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert re.search(r"summarization .*\$\d+\.\d{4} \(\d+ paid calls?\)", human.stdout), human.stdout
     # Bob reads his second transcript through the Data API, as his own rows
     [(count,)] = rows_or_refused(
         api,
