@@ -112,18 +112,21 @@ class FasterWhisperEngine:
         flat however long the talk (faster-whisper holds a window's samples, its VAD copy and its
         features at once: about 1.5 GB for an hour in one piece). Windows after the first are
         decoded in the language the first one found, unless one was asked for."""
-        windows = list(audio_windows(Path(wav_path), self.window_seconds))
-        duration = windows[-1][0] + windows[-1][1].size / SAMPLE_RATE if windows else 0.0
+        path = Path(wav_path)
+        total = streamed_seconds(path)  # known up front for extraction's WAV; else one window, decoded whole
         results: list[tuple[float, Transcript]] = []
-        for offset, audio in windows:
-            report = _offset_progress(progress, offset, duration)
+        end = 0.0
+        for offset, audio in audio_windows(path, self.window_seconds):  # lazily: one window in memory
+            end = offset + audio.size / SAMPLE_RATE
+            report = _offset_progress(progress, offset, total if total is not None else end)
             part = self._transcribe_samples(audio, language=language, progress=report)
             language = language or part.language
             results.append((offset, part))
+            del audio
         if len(results) == 1:
             return results[0][1]
         stitched = stitch(results, boundaries=[offset for offset, _ in results[1:]])
-        return replace(stitched, language=language, duration_seconds=duration)
+        return replace(stitched, language=language, duration_seconds=end)
 
     def _transcribe_samples(self, audio: np.ndarray, *, language: str | None, progress: Progress | None) -> Transcript:
         duration = audio.size / SAMPLE_RATE
@@ -155,6 +158,18 @@ def _offset_progress(progress: Progress | None, offset: float, total: float) -> 
     return lambda done, _window: progress(min(total, offset + done), total)
 
 
+def streamed_seconds(path: Path) -> float | None:
+    """The length of a 16 kHz mono sound file, which ``audio_windows`` reads a window at a time;
+    None for anything else (decoded whole)."""
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError):
+        return None
+    if info.samplerate != SAMPLE_RATE or info.channels != 1:
+        return None
+    return info.frames / SAMPLE_RATE
+
+
 def audio_windows(
     path: Path, window: float = WINDOW_SECONDS, search: float = CUT_SEARCH_SECONDS
 ) -> Iterator[tuple[float, np.ndarray]]:
@@ -163,12 +178,7 @@ def audio_windows(
     read a window at a time; anything else is decoded whole (files a user hands in directly)."""
     if not path.is_file():
         raise PermanentError(f"{path}: audio file not found", file=str(path))
-    try:
-        info = sf.info(str(path))
-        streamed = info.samplerate == SAMPLE_RATE and info.channels == 1
-    except sf.LibsndfileError:
-        streamed = False
-    if not streamed:
+    if streamed_seconds(path) is None:
         yield 0.0, load_audio(path)
         return
     size, reach = int(window * SAMPLE_RATE), int(search * SAMPLE_RATE)
