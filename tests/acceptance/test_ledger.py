@@ -330,6 +330,17 @@ def test_cost_totals_per_source_batch_and_day_match_the_ledger(
     assert today["total"]["cost_usd"] == pytest.approx(first_cost)
     assert today["total"]["wall_seconds"] > 0  # the summarization stage's own seconds
 
+    # the same totals as a view, for SQL users
+    view = {
+        (per, key): (float(cost), calls)
+        for per, key, cost, calls in rows(db_url, "SELECT per, key, cost_usd, calls FROM dhgq.cost_totals")
+    }
+    assert view[("source", first)] == (pytest.approx(first_cost), 5)
+    assert view[("source", str(other))] == (pytest.approx(0.1097), 1)
+    assert view[("batch", "-")] == (pytest.approx(0.1097), 1)
+    assert view[("day", max(days))] == (pytest.approx(first_cost), 5)
+    assert sum(cost for (per, _), (cost, _) in view.items() if per == "day") == pytest.approx(ledger_total)
+
     human = CliRunner().invoke(app, ["cost", "--by", "source"])
     assert human.exit_code == 0 and "total" in human.stdout, human.stderr
     assert CliRunner().invoke(app, ["cost", "--since", "yesterday"]).exit_code == 2
