@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -167,8 +167,6 @@ class ModalBackend:
     ) -> tuple[Transcript, RunInfo]:
         import modal
 
-        from dhgq.ledger import gpu_call  # the call's ledger row: started before it, GPU seconds and cost after
-
         if model not in MODAL_WHISPER_MODELS:
             raise ConfigurationError(
                 f"Whisper model {model!r} is not one the Modal app can load: use one of "
@@ -176,80 +174,62 @@ class ModalBackend:
             )
         started = time.perf_counter()
         audio, seconds = audio_for_modal(self.settings, wav_path)
-        deadline = time.monotonic() + self.settings.stage_timeout(seconds)
         app_name = self.settings.modal_app_name
         long = seconds > self.long_audio_seconds
-        function = "transcribe_long" if long else "Transcriber.transcribe"
-        with (
-            gpu_call(
-                self.settings,
-                stage="transcription",
-                wav_path=wav_path,
-                function=function,
-                model=model,
-                language=language,
-                audio_s=seconds,
-            ) as call,
-            modal_errors(app_name, "transcription"),
-        ):
+
+        def spawn() -> Any:
             if long:
-                spawned = modal.Function.from_name(app_name, "transcribe_long").spawn(audio, model, language)
-            else:
-                transcriber = modal.Cls.from_name(app_name, "Transcriber")(model=model)
-                spawned = transcriber.transcribe.spawn(audio, model, language)
-            output = wait_for(spawned, deadline, "transcription", self.POLL_SECONDS)
-            call.gpu_seconds = self._gpu_seconds(output)
+                return modal.Function.from_name(app_name, "transcribe_long").spawn(audio, model, language)
+            transcriber = modal.Cls.from_name(app_name, "Transcriber")(model=model)
+            return transcriber.transcribe.spawn(audio, model, language)
+
+        function = "transcribe_long" if long else "Transcriber.transcribe"
+        output = self._await_remote("transcription", wav_path, seconds, function, spawn, model=model, language=language)
         transcript = transcript_from_dict(output["transcript"])
-        return transcript, run_info(
-            self.name,
-            self.settings.modal_gpu,
-            model,
-            started,
-            engine=transcript.engine,
-            device=output.get("device"),
-            remote_s=round(output.get("seconds", 0.0), 3),
-            chunks=output.get("chunks", 1),
-        )
+        return transcript, self._run_info(model, transcript.engine, started, output)
 
     def diarize(
         self, wav_path: Path, *, speakers: SpeakerCount = ANY_SPEAKERS, progress: Progress | None = None
     ) -> tuple[Diarization, RunInfo]:
         import modal
 
-        from dhgq.ledger import gpu_call
-
         started = time.perf_counter()
         audio, seconds = audio_for_modal(self.settings, wav_path)
-        deadline = time.monotonic() + self.settings.stage_timeout(seconds)
         app_name, engine = self.settings.modal_app_name, self.settings.modal_diarization_engine
         long = engine == "local" and seconds > self.long_audio_seconds
-        function = "diarize_long" if long else f"{MODAL_DIARIZERS[engine]}.diarize"
-        with (
-            gpu_call(
-                self.settings,
-                stage="diarization",
-                wav_path=wav_path,
-                function=function,
-                model=engine,
-                speakers=speakers,
-                audio_s=seconds,
-            ) as call,
-            modal_errors(app_name, "diarization"),
-        ):
+
+        def spawn() -> Any:
             if long:
-                spawned = modal.Function.from_name(app_name, "diarize_long").spawn(audio, speakers)
-            else:
-                diarizer = modal.Cls.from_name(app_name, MODAL_DIARIZERS[engine])()
-                spawned = diarizer.diarize.spawn(audio, speakers)
-            output = wait_for(spawned, deadline, "diarization", self.POLL_SECONDS)
-            call.gpu_seconds = self._gpu_seconds(output)
+                return modal.Function.from_name(app_name, "diarize_long").spawn(audio, speakers)
+            diarizer = modal.Cls.from_name(app_name, MODAL_DIARIZERS[engine])()
+            return diarizer.diarize.spawn(audio, speakers)
+
+        function = "diarize_long" if long else f"{MODAL_DIARIZERS[engine]}.diarize"
+        output = self._await_remote("diarization", wav_path, seconds, function, spawn, model=engine, speakers=speakers)
         diarization = diarization_from_dict(output["diarization"])
-        return diarization, run_info(
+        return diarization, self._run_info(diarization.engine, diarization.engine, started, output)
+
+    def _await_remote(
+        self, stage: str, wav_path: Path, seconds: float, function: str, spawn: Callable[[], Any], **request: Any
+    ) -> dict[str, Any]:
+        """Spawn a Modal call and wait for its output within the stage's time limit, with its ledger
+        row (started before, GPU seconds and cost after) and Modal's errors as dhgq's."""
+        from dhgq.ledger import gpu_call
+
+        deadline = time.monotonic() + self.settings.stage_timeout(seconds)
+        record = gpu_call(self.settings, stage=stage, wav_path=wav_path, function=function, audio_s=seconds, **request)
+        with record as call, modal_errors(self.settings.modal_app_name, stage):
+            output: dict[str, Any] = wait_for(spawn(), deadline, stage, self.POLL_SECONDS)
+            call.gpu_seconds = self._gpu_seconds(output)
+        return output
+
+    def _run_info(self, model: str, engine: str, started: float, output: dict[str, Any]) -> RunInfo:
+        return run_info(
             self.name,
             self.settings.modal_gpu,
-            diarization.engine,
+            model,
             started,
-            engine=diarization.engine,
+            engine=engine,
             device=output.get("device"),
             remote_s=round(output.get("seconds", 0.0), 3),
             chunks=output.get("chunks", 1),
