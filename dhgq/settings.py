@@ -16,25 +16,15 @@ from platformdirs import user_data_dir
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dhgq.media.summarization.prices import PRICES_PER_MTOK
+
 Stage = Literal["extraction", "transcription", "diarization", "summarization"]
 STAGES: tuple[Stage, ...] = ("extraction", "transcription", "diarization", "summarization")
 SEED_MODEL_CONCURRENCY = 2  # the seeds' MAX_CONCURRENT_TRANSCRIPTIONS and _DIARIZATIONS
 
-# Public list prices. Claude: USD per million (input, output) tokens by model prefix, the first
-# match wins (https://www.anthropic.com/pricing). Modal: USD per GPU-second by GPU type, the GPU
-# alone: a container's CPU and memory are billed on top (https://modal.com/pricing).
-LLM_PRICES_PER_MTOK: tuple[tuple[str, float, float], ...] = (
-    ("claude-opus-4-5", 5.0, 25.0),
-    ("claude-opus-4-6", 5.0, 25.0),
-    ("claude-opus", 15.0, 75.0),
-    ("claude-3-opus", 15.0, 75.0),
-    ("claude-sonnet", 3.0, 15.0),
-    ("claude-3-7-sonnet", 3.0, 15.0),
-    ("claude-3-5-sonnet", 3.0, 15.0),
-    ("claude-haiku-4", 1.0, 5.0),
-    ("claude-3-5-haiku", 0.8, 4.0),
-    ("claude-3-haiku", 0.25, 1.25),
-)
+# Public list prices. Claude's: dhgq/media/summarization/prices.py. Modal: USD per GPU-second by GPU
+# type, the GPU alone: a container's CPU and memory are billed on top (https://modal.com/pricing).
+LLM_PRICES_PER_MTOK = PRICES_PER_MTOK
 GPU_PRICES_PER_SECOND: tuple[tuple[str, float], ...] = (
     ("B200", 0.001736),
     ("H200", 0.001261),

@@ -25,6 +25,7 @@ import anthropic
 
 from dhgq.errors import PermanentError, TransientError
 from dhgq.media.summarization.extractive import no_speech_summary, summarize_extractive
+from dhgq.media.summarization.prices import PRICES_PER_MTOK, PriceTable
 from dhgq.media.types import Summary, Transcript
 
 DOCUMENT_TYPES = ("presentation", "interview", "panel", "lecture", "meeting", "other")
@@ -32,22 +33,6 @@ DEFAULT_MAX_INPUT_TOKENS = 150_000
 MAX_OUTPUT_TOKENS = 2048
 REQUEST_TIMEOUT_S = 300.0
 CHARS_PER_TOKEN = 4  # a conservative estimate for English text
-
-# USD per million (input, output) tokens, by model family; the first matching prefix wins. The
-# worker's table is Settings.llm_prices (the same defaults, overridable); this one is for library use.
-PriceTable = tuple[tuple[str, float, float], ...]
-PRICES_PER_MTOK: PriceTable = (
-    ("claude-opus-4-5", 5.0, 25.0),
-    ("claude-opus-4-6", 5.0, 25.0),
-    ("claude-opus", 15.0, 75.0),
-    ("claude-3-opus", 15.0, 75.0),
-    ("claude-sonnet", 3.0, 15.0),
-    ("claude-3-7-sonnet", 3.0, 15.0),
-    ("claude-3-5-sonnet", 3.0, 15.0),
-    ("claude-haiku-4", 1.0, 5.0),
-    ("claude-3-5-haiku", 0.8, 4.0),
-    ("claude-3-haiku", 0.25, 1.25),
-)
 
 TRANSIENT_STATUSES = frozenset({408, 409, 429})
 
