@@ -27,10 +27,12 @@ from pydantic import SecretStr
 
 from bench.tracker import Tracker
 from dhgq.app import connector_for
+from dhgq.completion import enqueue
 from dhgq.db import task_pool as dhgq_task_pool
 from dhgq.db import with_search_path
-from dhgq.pipeline import Resources, Source, StageJob, StageRows, StageSpec, enqueue, run_stage
+from dhgq.pipeline import run_stage
 from dhgq.settings import STAGES, Settings, Stage
+from dhgq.stage import Resources, Source, StageJob, StageRows, StageSpec, no_input
 from dhgq.tasks import job_of
 
 # Without stage rows there is nothing to join on: the baselines queue summarization after
@@ -119,7 +121,7 @@ async def serving(app: procrastinate.App, concurrency: dict[str, int], context: 
 # --- dhgq's plumbing, stages that do nothing ------------------------------------------------------
 
 
-def _nothing(resources: Resources, source: Source, job: StageJob) -> None:
+def _nothing(resources: Resources, source: Source, job: StageJob, given: None) -> None:
     return None
 
 
@@ -141,11 +143,11 @@ def _last(conn: psycopg.Connection, source: Source, rows: StageRows) -> None:
     return None
 
 
-NOOP_SPECS: dict[Stage, StageSpec[None]] = {
-    "extraction": StageSpec("extraction", _nothing, _save_nothing, _after_extraction),
-    "transcription": StageSpec("transcription", _nothing, _save_nothing, _fan_in, lock_with=("diarization",)),
-    "diarization": StageSpec("diarization", _nothing, _save_nothing, _fan_in, lock_with=("transcription",)),
-    "summarization": StageSpec("summarization", _nothing, _save_nothing, _last),
+NOOP_SPECS: dict[Stage, StageSpec[None, None]] = {
+    "extraction": StageSpec("extraction", no_input, _nothing, _save_nothing, _after_extraction),
+    "transcription": StageSpec("transcription", no_input, _nothing, _save_nothing, _fan_in, lock_with=("diarization",)),
+    "diarization": StageSpec("diarization", no_input, _nothing, _save_nothing, _fan_in, lock_with=("transcription",)),
+    "summarization": StageSpec("summarization", no_input, _nothing, _save_nothing, _last),
 }
 
 

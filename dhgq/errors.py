@@ -71,6 +71,12 @@ class ConfigurationError(PermanentError):
     """dhgq is not configured for what was asked."""
 
 
+class ArtifactMissing(PermanentError):
+    """An artifact a stage needs is gone from the artifact store, or its bytes are not the ones recorded:
+    its stage must make it again. The failure clears the source's extracted audio, so that a retry
+    re-runs extraction first."""
+
+
 class DatabaseUnavailable(TransientError):
     """The database cannot be reached."""
 

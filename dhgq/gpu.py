@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -33,6 +34,32 @@ if TYPE_CHECKING:
 
 RunInfo = dict[str, Any]
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AudioInput:
+    """The audio a model stage hands its engine: a file on this machine (fetched from the artifact
+    store into its cache, or the work dir's own), or signed URLs that a remote GPU function fetches
+    (the parts of the compact copy, in order), whichever machine made it."""
+
+    source_id: str
+    seconds: float | None
+    path: str | None = None
+    urls: tuple[str, ...] = ()
+
+    def local_path(self) -> Path:
+        if self.path is None:
+            raise ConfigurationError("the local engines need the audio on this machine, and were handed URLs only")
+        return Path(self.path)
+
+    def length(self) -> float:
+        """Its length in seconds: as extraction probed it, else read from the file."""
+        if self.seconds is not None:
+            return self.seconds
+        import soundfile as sf
+
+        return float(sf.info(str(self.local_path())).duration)
+
 
 CREDENTIALS_FIX = "run `modal token new` or set MODAL_TOKEN_ID/MODAL_TOKEN_SECRET, then `dhgq modal deploy`"
 DEPLOY_FIX = "run `dhgq modal deploy`"
@@ -66,11 +93,11 @@ class GpuBackend(Protocol):
     default_model: str  # the Whisper model of a request that names none
 
     def transcribe(
-        self, wav_path: Path, *, model: str, language: str | None = None, progress: Progress | None = None
+        self, audio: AudioInput, *, model: str, language: str | None = None, progress: Progress | None = None
     ) -> tuple[Transcript, RunInfo]: ...
 
     def diarize(
-        self, wav_path: Path, *, speakers: SpeakerCount = ANY_SPEAKERS, progress: Progress | None = None
+        self, audio: AudioInput, *, speakers: SpeakerCount = ANY_SPEAKERS, progress: Progress | None = None
     ) -> tuple[Diarization, RunInfo]: ...
 
 
@@ -127,19 +154,19 @@ class LocalBackend:
             torch.set_num_threads(self.cpu_threads)
 
     def transcribe(
-        self, wav_path: Path, *, model: str, language: str | None = None, progress: Progress | None = None
+        self, audio: AudioInput, *, model: str, language: str | None = None, progress: Progress | None = None
     ) -> tuple[Transcript, RunInfo]:
         started, cpu_started = time.perf_counter(), time.process_time()
         engine = self.transcription_engine(model)
-        transcript = engine.transcribe(Path(wav_path), language=language, progress=progress)
+        transcript = engine.transcribe(audio.local_path(), language=language, progress=progress)
         return transcript, run_info(self.name, None, model, started, cpu_started, engine=transcript.engine)
 
     def diarize(
-        self, wav_path: Path, *, speakers: SpeakerCount = ANY_SPEAKERS, progress: Progress | None = None
+        self, audio: AudioInput, *, speakers: SpeakerCount = ANY_SPEAKERS, progress: Progress | None = None
     ) -> tuple[Diarization, RunInfo]:
         started, cpu_started = time.perf_counter(), time.process_time()
         diarizer = self.diarization_engine()
-        diarization = diarizer.diarize(Path(wav_path), speakers=speakers, progress=progress)
+        diarization = diarizer.diarize(audio.local_path(), speakers=speakers, progress=progress)
         return diarization, run_info(
             self.name, None, diarization.engine, started, cpu_started, engine=diarization.engine
         )
@@ -163,7 +190,7 @@ class ModalBackend:
         self.long_audio_seconds = long_audio_seconds
 
     def transcribe(
-        self, wav_path: Path, *, model: str, language: str | None = None, progress: Progress | None = None
+        self, audio: AudioInput, *, model: str, language: str | None = None, progress: Progress | None = None
     ) -> tuple[Transcript, RunInfo]:
         import modal
 
@@ -173,51 +200,53 @@ class ModalBackend:
                 f"{', '.join(sorted(MODAL_WHISPER_MODELS))} (DHGQ_MODAL_WHISPER_MODEL)"
             )
         started = time.perf_counter()
-        audio, seconds = audio_for_modal(self.settings, wav_path)
+        payload, seconds = modal_payload(audio)
         app_name = self.settings.modal_app_name
         long = seconds > self.long_audio_seconds
 
         def spawn() -> Any:
             if long:
-                return modal.Function.from_name(app_name, "transcribe_long").spawn(audio, model, language)
+                return modal.Function.from_name(app_name, "transcribe_long").spawn(payload, model, language)
             transcriber = modal.Cls.from_name(app_name, "Transcriber")(model=model)
-            return transcriber.transcribe.spawn(audio, model, language)
+            return transcriber.transcribe.spawn(payload, model, language)
 
         function = "transcribe_long" if long else "Transcriber.transcribe"
-        output = self._await_remote("transcription", wav_path, seconds, function, spawn, model=model, language=language)
+        output = self._await_remote("transcription", audio, seconds, function, spawn, model=model, language=language)
         transcript = transcript_from_dict(output["transcript"])
         return transcript, self._run_info(model, transcript.engine, started, output)
 
     def diarize(
-        self, wav_path: Path, *, speakers: SpeakerCount = ANY_SPEAKERS, progress: Progress | None = None
+        self, audio: AudioInput, *, speakers: SpeakerCount = ANY_SPEAKERS, progress: Progress | None = None
     ) -> tuple[Diarization, RunInfo]:
         import modal
 
         started = time.perf_counter()
-        audio, seconds = audio_for_modal(self.settings, wav_path)
+        payload, seconds = modal_payload(audio)
         app_name, engine = self.settings.modal_app_name, self.settings.modal_diarization_engine
         long = engine == "local" and seconds > self.long_audio_seconds
 
         def spawn() -> Any:
             if long:
-                return modal.Function.from_name(app_name, "diarize_long").spawn(audio, speakers)
+                return modal.Function.from_name(app_name, "diarize_long").spawn(payload, speakers)
             diarizer = modal.Cls.from_name(app_name, MODAL_DIARIZERS[engine])()
-            return diarizer.diarize.spawn(audio, speakers)
+            return diarizer.diarize.spawn(payload, speakers)
 
         function = "diarize_long" if long else f"{MODAL_DIARIZERS[engine]}.diarize"
-        output = self._await_remote("diarization", wav_path, seconds, function, spawn, model=engine, speakers=speakers)
+        output = self._await_remote("diarization", audio, seconds, function, spawn, model=engine, speakers=speakers)
         diarization = diarization_from_dict(output["diarization"])
         return diarization, self._run_info(diarization.engine, diarization.engine, started, output)
 
     def _await_remote(
-        self, stage: str, wav_path: Path, seconds: float, function: str, spawn: Callable[[], Any], **request: Any
+        self, stage: str, audio: AudioInput, seconds: float, function: str, spawn: Callable[[], Any], **request: Any
     ) -> dict[str, Any]:
         """Spawn a Modal call and wait for its output within the stage's time limit, with its ledger
         row (started before, GPU seconds and cost after) and Modal's errors as dhgq's."""
         from dhgq.ledger import gpu_call
 
         deadline = time.monotonic() + self.settings.stage_timeout(seconds)
-        record = gpu_call(self.settings, stage=stage, wav_path=wav_path, function=function, audio_s=seconds, **request)
+        record = gpu_call(
+            self.settings, stage=stage, source_id=audio.source_id, function=function, audio_s=seconds, **request
+        )
         with record as call, modal_errors(self.settings.modal_app_name, stage):
             output: dict[str, Any] = wait_for(spawn(), deadline, stage, self.POLL_SECONDS)
             call.gpu_seconds = self._gpu_seconds(output)
@@ -262,7 +291,7 @@ def wait_for(call: Any, deadline: float, stage: str, poll: float = 5.0) -> Any:
                 raise StageTimeout(f"the Modal {stage} call ran past the stage's time limit and was cancelled")
             try:
                 return call.get(timeout=min(poll, left))
-            except mx.TimeoutError as exc:
+            except (TimeoutError, mx.TimeoutError) as exc:  # modal 1.x raises the builtin one while it runs
                 if isinstance(exc, mx.OutputExpiredError | mx.FunctionTimeoutError):
                     raise
     except BaseException as exc:
@@ -289,34 +318,21 @@ def cancel_modal_call(call_id: str) -> None:
     logger.info("cancelled the Modal call %s", call_id)
 
 
-WORK_PREFIX = "dhgq-work"  # Storage folder of the audio handed to Modal: no user's folder, service role only
-
-
-def audio_for_modal(settings: Settings, wav_path: Path) -> tuple[bytes | str, float]:
+def modal_payload(audio: AudioInput) -> tuple[bytes | str | list[str], float]:
     """What a Modal function fetches, and the audio's length in seconds.
 
-    The compact copy extraction wrote beside the WAV (Opus at 24 kb/s: about 11 MB an hour, where
-    the 16 kHz WAV is about 115 MB): with Supabase Storage configured, uploaded under
-    ``dhgq-work/<source id>/`` and handed over as a signed URL good for ten minutes; without
-    it, its bytes. The WAV itself travels only when there is no compact copy.
+    With a shared artifact store, the signed URLs of the compact copy (Opus at 24 kb/s: about 11 MB an
+    hour, where the 16 kHz WAV is about 115 MB), made when the stage started and valid for its whole
+    time limit, so a call that waits in Modal's queue still finds its audio; one URL, or the URLs of its
+    parts in order. With the local store (one machine), the file's bytes.
     """
-    import soundfile as sf
-
-    from dhgq.media.extraction.extract import COMPACT_TYPES, compact_copy_of
-
-    path = Path(wav_path)
+    if audio.urls:
+        urls = list(audio.urls)
+        return (urls[0] if len(urls) == 1 else urls), audio.length()
+    path = audio.local_path()
     if not path.is_file():
         raise PermanentError(f"{path}: audio file not found", file=str(path))
-    seconds = float(sf.info(str(path)).duration)
-    compact = compact_copy_of(path) or path
-    if not settings.supabase_url or settings.supabase_service_key is None:
-        return compact.read_bytes(), seconds
-    from dhgq.fetch.storage import signed_url, upload_file
-
-    key = f"{WORK_PREFIX}/{path.parent.name}/{compact.name}"
-    content_type = COMPACT_TYPES.get(compact.suffix.lstrip("."), "audio/wav")
-    uri = upload_file(settings, settings.storage_bucket, key, compact, content_type)
-    return signed_url(settings, settings.storage_bucket, key, uri=uri), seconds
+    return path.read_bytes(), audio.length()
 
 
 @contextmanager
@@ -401,25 +417,27 @@ def backend_for(settings: Settings) -> GpuBackend:
 
 
 def transcribe(
-    settings: Settings, wav_path: str, model: str | None = None, language: str | None = None
+    settings: Settings, audio: AudioInput, model: str | None = None, language: str | None = None
 ) -> tuple[Transcript, RunInfo]:
-    """Whisper on the WAV; a request's model and language win over the settings."""
+    """Whisper on the audio; a request's model and language win over the settings."""
     from dhgq.runner import report_progress
 
     backend = backend_for(settings)
     return backend.transcribe(
-        Path(wav_path),
+        audio,
         model=model or backend.default_model,
         language=language or settings.whisper_language,
         progress=report_progress,
     )
 
 
-def diarize(settings: Settings, wav_path: str, speakers: SpeakerCount = ANY_SPEAKERS) -> tuple[Diarization, RunInfo]:
+def diarize(
+    settings: Settings, audio: AudioInput, speakers: SpeakerCount = ANY_SPEAKERS
+) -> tuple[Diarization, RunInfo]:
     """Who spoke when; a request's speaker count steers the clustering."""
     from dhgq.runner import report_progress
 
-    return backend_for(settings).diarize(Path(wav_path), speakers=speakers, progress=report_progress)
+    return backend_for(settings).diarize(audio, speakers=speakers, progress=report_progress)
 
 
 def warm(settings: Settings, stage: str) -> str:

@@ -16,11 +16,9 @@ import hashlib
 import json
 import logging
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -248,23 +246,15 @@ class GpuCall:
         )
 
 
-def source_of(wav_path: Path) -> str | None:
-    """The source a stage's audio belongs to: extraction writes it under ``work_dir/<source id>/``."""
-    try:
-        return str(uuid.UUID(Path(wav_path).parent.name))
-    except ValueError:
-        return None
-
-
 @contextmanager
 def gpu_call(
-    settings: Settings, *, stage: str, wav_path: Path, function: str, model: str, **request: Any
+    settings: Settings, *, stage: str, source_id: str | None, function: str, model: str, **request: Any
 ) -> Iterator[GpuCall]:
     """Record a Modal call around its ``.remote()``: started before, succeeded or failed after.
 
     The caller sets ``call.gpu_seconds`` from what the remote reports before leaving the block.
     """
-    call = GpuCall(settings, stage, function, model, source_of(wav_path), jsonable(request))
+    call = GpuCall(settings, stage, function, model, source_id or None, jsonable(request))
     call.start()
     try:
         yield call

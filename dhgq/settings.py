@@ -8,6 +8,7 @@ them or showing them in the monitor never reveals a key or a database password.
 from __future__ import annotations
 
 import os
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -81,6 +82,25 @@ class Settings(BaseSettings):
         (),
         description="hosts or networks (CIDR) that https sources and webhooks may reach although they are "
         "private, loopback or link-local (refused by default)",
+    )
+
+    # Artifacts: what one stage makes and a later stage reads (the extracted audio), kept under a URI in an
+    # artifact store that every worker machine reaches, and fetched into a bounded cache on each machine.
+    artifact_store: Literal["auto", "local", "storage"] = Field(
+        "auto",
+        description="local: the work dir (one machine); storage: Supabase Storage's artifact bucket (any number "
+        "of machines); auto: storage when DHGQ_SUPABASE_URL and DHGQ_SUPABASE_SERVICE_KEY are set, else local",
+    )
+    artifact_bucket: str = Field("dhgq-artifacts", description="private bucket of the artifacts (service key only)")
+    artifact_part_bytes: int = Field(
+        32 * 1024**2, ge=64 * 1024, description="largest object an artifact is stored in; larger ones go in parts"
+    )
+    cache_dir: Path | None = Field(None, description="this machine's cache of fetched artifacts; default home/cache")
+    cache_max_bytes: int = Field(
+        20 * 1024**3, ge=0, description="the cache's size; least recently used artifacts go beyond it"
+    )
+    host_name: str = Field(
+        default_factory=socket.gethostname, description="this machine's name in dhgq status and stage rows"
     )
 
     # Webhooks: a request's callback_url is called when its pipeline completes or fails
@@ -208,6 +228,16 @@ class Settings(BaseSettings):
     @property
     def scratch_dir(self) -> Path:
         return self.temp_dir or self.home / "tmp"
+
+    @property
+    def artifact_cache_dir(self) -> Path:
+        return self.cache_dir or self.home / "cache" / "artifacts"
+
+    def artifact_backend(self) -> Literal["local", "storage"]:
+        """The artifact store these settings select (``auto``: Storage once the service key is configured)."""
+        if self.artifact_store != "auto":
+            return self.artifact_store
+        return "storage" if self.supabase_url and self.supabase_service_key is not None else "local"
 
 
 @lru_cache(maxsize=1)

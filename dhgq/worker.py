@@ -5,13 +5,20 @@ the default ``dhgq worker`` delivers them and one started for some stages only d
 
 Procrastinate 3 notices dead workers (their heartbeats stop) but does not re-run their jobs by
 itself, so every worker process also runs a small periodic loop that finds jobs of stalled
-workers, puts them back in their queue and NOTIFYs, so idle workers pick them up at once.
+workers, puts them back in their queue and NOTIFYs, so idle workers pick them up at once: a job
+of a machine that was lost runs again on another machine (its input comes from the artifact
+store, not from the lost machine's disk).
+
+Each worker process registers in ``dhgq.workers`` (host, pid, queues, artifact store), renews
+``seen_at`` in that same loop and says ``stopped_at`` when it stops: ``dhgq status`` and the
+monitor show the fleet from there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -24,9 +31,9 @@ from procrastinate.worker import Worker
 from dhgq import gpu
 from dhgq.app import app, configure_retries, connector_for
 from dhgq.db import task_pool
-from dhgq.pipeline import Resources
 from dhgq.queries import query
 from dhgq.settings import STAGES, Settings, Stage
+from dhgq.stage import Resources
 from dhgq.tasks import gc as gc_task
 from dhgq.tasks import webhook
 
@@ -75,6 +82,7 @@ async def _run(
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(slots + 2, thread_name_prefix="dhgq-job"))
     pool = task_pool(url, max_size=max(4 + 2 * len(queues), slots + 1))
     resources = Resources(settings, pool)
+    await asyncio.to_thread(_register, resources, queues)
     try:
         with app.replace_connector(connector_for(url)) as bound:
             bound.perform_import_paths()
@@ -85,6 +93,7 @@ async def _run(
                     asyncio.get_running_loop().run_in_executor(None, _warm, resources, queues)
                 await _serve(bound, resources, queues, once, concurrency)
     finally:
+        await asyncio.to_thread(_unregister, resources)
         await asyncio.to_thread(resources.close)
 
 
@@ -170,6 +179,7 @@ async def _recover_forever(bound: procrastinate.App, resources: Resources, stop:
     interval = max(1.0, resources.settings.stalled_after / 3)
     while not stop.is_set():
         try:
+            await asyncio.to_thread(_seen, resources)
             await recover_stalled_jobs(bound, resources)
         except Exception as exc:  # the database may be restarting; try again next round
             logger.warning("stalled-job recovery failed: %s", exc)
@@ -193,6 +203,43 @@ async def recover_stalled_jobs(bound: procrastinate.App, resources: Resources) -
         count += 1
     await bound.job_manager.prune_stalled_workers(resources.settings.stalled_after)
     return count
+
+
+def _register(resources: Resources, queues: list[Queue]) -> None:
+    """This process in dhgq.workers: where it runs, what it serves, which artifact store it uses."""
+    from dhgq.versions import package_version
+
+    settings = resources.settings
+    params = {
+        "id": resources.worker_id,
+        "host": settings.host_name,
+        "pid": os.getpid(),
+        "queues": list(queues),
+        "version": package_version("dhgq"),
+        "artifact_store": settings.artifact_backend(),
+    }
+    with resources.pool.connection() as conn:
+        conn.execute(query("register_worker"), params)
+    logger.info(
+        "worker %s on %s serves %s (artifact store: %s)",
+        resources.worker_id,
+        settings.host_name,
+        ", ".join(queues),
+        settings.artifact_backend(),
+    )
+
+
+def _seen(resources: Resources) -> None:
+    with resources.pool.connection() as conn:
+        conn.execute(query("worker_seen"), {"id": resources.worker_id})
+
+
+def _unregister(resources: Resources) -> None:
+    try:
+        with resources.pool.connection() as conn:
+            conn.execute(query("worker_stopped"), {"id": resources.worker_id})
+    except Exception as exc:  # noqa: BLE001 - the database may be gone; the row then just ages
+        logger.warning("could not record this worker's stop: %s", exc)
 
 
 def _notify(resources: Resources, queue: str, job_id: int | None) -> None:

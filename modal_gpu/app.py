@@ -36,6 +36,7 @@ from modal_gpu.bodies import (
     CACHE_DIR,
     CACHE_ENV,
     HF_SECRET,
+    Audio,
     fetch_audio,
     in_process,
     load_diarization_engine,
@@ -120,7 +121,7 @@ class Transcriber:
         return self.engines[model]
 
     @modal.method()
-    def transcribe(self, audio: bytes | str, model: str | None = None, language: str | None = None) -> dict[str, Any]:
+    def transcribe(self, audio: Audio, model: str | None = None, language: str | None = None) -> dict[str, Any]:
         return run_transcription(self.engine_for(model or self.model), audio, language)
 
 
@@ -135,7 +136,7 @@ class Diarizer:
         self.diarizer = load_diarization_engine("local", self.device or None)
 
     @modal.method()
-    def diarize(self, audio: bytes | str, speakers: SpeakerCount = ANY_SPEAKERS) -> dict[str, Any]:
+    def diarize(self, audio: Audio, speakers: SpeakerCount = ANY_SPEAKERS) -> dict[str, Any]:
         return run_diarization(self.diarizer, audio, speakers)
 
 
@@ -152,7 +153,7 @@ def fan_out(method: Any, local: bool, **kwargs: Any) -> Any:
 
 @app.function(image=cpu_image, timeout=2 * 60 * 60, **COORDINATOR)  # type: ignore[arg-type]
 def transcribe_long(
-    audio: bytes | str,
+    audio: Audio,
     model: str | None = None,
     language: str | None = None,
     engine: str = "openai-whisper",
@@ -166,7 +167,7 @@ def transcribe_long(
 
 @app.function(image=cpu_image, timeout=2 * 60 * 60, **COORDINATOR)  # type: ignore[arg-type]
 def diarize_long(
-    audio: bytes | str,
+    audio: Audio,
     speakers: SpeakerCount = ANY_SPEAKERS,
     max_chunk: float = 600.0,
     device: str = "",
@@ -205,7 +206,7 @@ if PYANNOTE:  # only a deployment that asks for it needs the secret and builds t
             commit_cache()
 
         @modal.method()
-        def diarize(self, audio: bytes | str, speakers: SpeakerCount = ANY_SPEAKERS) -> dict[str, Any]:
+        def diarize(self, audio: Audio, speakers: SpeakerCount = ANY_SPEAKERS) -> dict[str, Any]:
             if self.error is not None:
                 raise self.error
             return run_diarization(self.diarizer, audio, speakers)

@@ -43,10 +43,14 @@ HF_SECRET = "dhgq-huggingface"
 # ---- audio in ------------------------------------------------------------------------------------
 
 
-def fetch_audio(audio: bytes | str, timeout: float = 120.0) -> bytes:
-    """The audio as 16 kHz mono WAV bytes, from bytes or an http(s) URL (never a local path).
+Audio = bytes | str | list[str]  # the bytes, an http(s) URL, or the URLs of its parts in order
+
+
+def fetch_audio(audio: Audio, timeout: float = 120.0) -> bytes:
+    """The audio as 16 kHz mono WAV bytes, from bytes or http(s) URLs (never a local path).
 
     The worker sends the compact copy (Opus, AAC or MP3), which ffmpeg decodes here; WAV passes as is.
+    A large artifact is stored in parts, each with its own signed URL: their bytes, in order, are the file.
     """
     return as_wav(_audio_bytes(audio, timeout))
 
@@ -64,9 +68,11 @@ def as_wav(audio: bytes) -> bytes:
     return done.stdout
 
 
-def _audio_bytes(audio: bytes | str, timeout: float) -> bytes:
+def _audio_bytes(audio: Audio, timeout: float) -> bytes:
     if isinstance(audio, bytes | bytearray):
         return bytes(audio)
+    if isinstance(audio, list):
+        return b"".join(_audio_bytes(part, timeout) for part in audio)
     if not audio.startswith(("https://", "http://")):
         raise PermanentError("the GPU functions take the audio bytes or an http(s) URL, not a path")
     try:
@@ -163,7 +169,7 @@ def prefetch_whisper(models: Sequence[str], root: Path = WHISPER_ROOT) -> list[s
     return fetched
 
 
-def run_transcription(engine: Any, audio: bytes | str, language: str | None) -> dict[str, Any]:
+def run_transcription(engine: Any, audio: Audio, language: str | None) -> dict[str, Any]:
     """The body of ``Transcriber.transcribe``: audio in, the wire dict out."""
     started = time.perf_counter()
     with scratch_wav(fetch_audio(audio)) as path:
@@ -199,7 +205,7 @@ def raise_for_failed_chunks(outputs: Sequence[dict[str, Any] | BaseException]) -
     return [out for out in outputs if not isinstance(out, BaseException)]
 
 
-def run_long_transcription(audio: bytes | str, run_chunks: ChunkRunner, max_chunk: float) -> dict[str, Any]:
+def run_long_transcription(audio: Audio, run_chunks: ChunkRunner, max_chunk: float) -> dict[str, Any]:
     """The body of ``transcribe_long``: split at silences, run every chunk (a failed one twice), stitch."""
     started = time.perf_counter()
     chunks = split_at_silences(fetch_audio(audio), max_chunk=max_chunk)
@@ -280,7 +286,7 @@ def load_diarization_engine(engine: str, device: str | None = None) -> Any:
     return diarizer
 
 
-def run_diarization(engine: Any, audio: bytes | str, speakers: SpeakerCount = ANY_SPEAKERS) -> dict[str, Any]:
+def run_diarization(engine: Any, audio: Audio, speakers: SpeakerCount = ANY_SPEAKERS) -> dict[str, Any]:
     """The body of ``Diarizer.diarize``: audio in, the wire dict out."""
     started = time.perf_counter()
     with scratch_wav(fetch_audio(audio)) as path:

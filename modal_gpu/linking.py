@@ -21,7 +21,7 @@ import numpy as np
 from dhgq.media.serialize import diarization_from_dict, diarization_to_dict
 from dhgq.media.transcription.chunking import Chunk, split_at_silences
 from dhgq.media.types import ANY_SPEAKERS, Diarization, SpeakerCount, SpeakerTurn
-from modal_gpu.bodies import ChunkRunner, fetch_audio, raise_for_failed_chunks, run_chunks_retrying
+from modal_gpu.bodies import Audio, ChunkRunner, fetch_audio, raise_for_failed_chunks, run_chunks_retrying
 
 # Cosine distance below which two chunks' speakers are one person. A speaker's mean embedding over
 # a chunk is steadier than one window's: the same voice sits at 0.85-0.95 to itself across chunks,
@@ -146,7 +146,7 @@ def chunk_hint(speakers: SpeakerCount) -> SpeakerCount:
 
 
 def run_long_diarization(
-    audio: bytes | str, run_chunks: ChunkRunner, speakers: SpeakerCount = ANY_SPEAKERS, max_chunk: float = 600.0
+    audio: Audio, run_chunks: ChunkRunner, speakers: SpeakerCount = ANY_SPEAKERS, max_chunk: float = 600.0
 ) -> dict[str, Any]:
     """The body of ``diarize_long``: split at silences, diarize every chunk (a failed one twice), link, stitch."""
     started = time.perf_counter()

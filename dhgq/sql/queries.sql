@@ -2,22 +2,26 @@
 -- Schema changes never live here: they are migrations in supabase/migrations.
 
 -- name: begin_stage
--- Claim a queued stage for this job and read its source, in one statement; no row back means the
--- job is stale or was cancelled. The claim commits without waiting for its WAL flush
--- (synchronous_commit off for this transaction only): a claim lost to a crash leaves the row
--- queued while Procrastinate's durable job record re-runs the job, which claims it again, and
--- the stage's completing transaction, which is synchronous, flushes the claim with it anyway.
+-- Claim a queued stage for this job (naming the host and worker that run it) and read its source and
+-- the artifacts earlier stages made, in one statement; no row back means the job is stale or was
+-- cancelled. The claim commits without waiting for its WAL flush (synchronous_commit off for this
+-- transaction only): a claim lost to a crash leaves the row queued while Procrastinate's durable job
+-- record re-runs the job, which claims it again, and the stage's completing transaction, which is
+-- synchronous, flushes the claim with it anyway.
 WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true) AS mode),
 claimed AS (
     UPDATE audio_processing_stages
        SET status = 'processing', started_at = now(), completed_at = NULL, attempts = %(attempt)s,
-           progress = 0, progress_detail = NULL, error = NULL, error_class = NULL
+           progress = 0, progress_detail = NULL, error = NULL, error_class = NULL,
+           host = %(host)s, worker_id = %(worker_id)s
      WHERE source_id = %(source_id)s AND stage = %(stage)s AND job_id = %(job_id)s
        AND status IN ('queued', 'processing')
     RETURNING source_id
 )
-SELECT src.id, src.name, src.path, src.mime_type, src.audio_extraction_path, src.audio_duration_seconds,
-       src.options, async_commit.mode AS commit_mode
+SELECT src.id, src.name, src.path, src.mime_type, src.audio_duration_seconds, src.options,
+       (SELECT jsonb_object_agg(a.kind, to_jsonb(a) - 'source_id' - 'created_at')
+          FROM dhgq.artifacts a WHERE a.source_id = src.id) AS artifacts,
+       async_commit.mode AS commit_mode
   FROM claimed JOIN sources_google src ON src.id = claimed.source_id CROSS JOIN async_commit;
 
 -- name: lock_stages
@@ -63,10 +67,37 @@ SELECT cancel_source_v1(%(source_id)s);
 
 -- name: save_extraction
 UPDATE sources_google
-   SET audio_extracted = true, audio_extraction_path = %(wav_path)s,
+   SET audio_extracted = true, audio_extraction_path = %(wav_uri)s,
        audio_duration_seconds = %(duration)s, audio_channels = %(channels)s,
        audio_bitrate = %(bitrate)s, audio_quality_metrics = %(metrics)s
  WHERE id = %(source_id)s;
+
+-- name: delete_artifacts
+DELETE FROM dhgq.artifacts WHERE source_id = %(source_id)s;
+
+-- name: save_artifact
+INSERT INTO dhgq.artifacts (source_id, kind, uri, sha256, size, content_type, parts, host)
+VALUES (%(source_id)s, %(kind)s, %(uri)s, %(sha256)s, %(size)s, %(content_type)s, %(parts)s, %(host)s)
+ON CONFLICT (source_id, kind) DO UPDATE
+   SET uri = EXCLUDED.uri, sha256 = EXCLUDED.sha256, size = EXCLUDED.size, content_type = EXCLUDED.content_type,
+       parts = EXCLUDED.parts, host = EXCLUDED.host, created_at = now();
+
+-- name: forget_extracted_audio
+-- A model stage found the extracted audio gone or corrupt in the artifact store: the source has none
+-- now, so a retry runs extraction again (dhgq.retry_source_v1) rather than fail on it once more.
+WITH gone AS (DELETE FROM dhgq.artifacts WHERE source_id = %(source_id)s)
+UPDATE sources_google SET audio_extraction_path = NULL, audio_extracted = false WHERE id = %(source_id)s;
+
+-- name: register_worker
+INSERT INTO dhgq.workers (id, host, pid, queues, version, artifact_store)
+VALUES (%(id)s, %(host)s, %(pid)s, %(queues)s, %(version)s, %(artifact_store)s)
+ON CONFLICT (id) DO UPDATE SET seen_at = now(), stopped_at = NULL;
+
+-- name: worker_seen
+UPDATE dhgq.workers SET seen_at = now() WHERE id = %(id)s;
+
+-- name: worker_stopped
+UPDATE dhgq.workers SET stopped_at = now(), seen_at = now() WHERE id = %(id)s;
 
 -- name: upsert_document
 INSERT INTO expert_documents (source_id, content_type, raw_content, processed_content, processing_status,

@@ -69,10 +69,13 @@ ON CONFLICT (stage, engine, model) DO UPDATE
  WHERE (c.engine_version, c.model_version, c.prompt_version)
        IS DISTINCT FROM (EXCLUDED.engine_version, EXCLUDED.model_version, EXCLUDED.prompt_version);
 
+-- name: artifacts_of
+SELECT kind, uri, sha256, size, content_type, parts, host FROM dhgq.artifacts WHERE source_id = %(source_id)s;
+
 -- name: reuse_copy_extraction
--- The origin's audio columns onto the new source, with the new source's own (linked) WAV.
+-- The origin's audio columns onto the new source, with the new source's own (copied) WAV artifact.
 UPDATE public.sources_google dst
-   SET audio_extracted = true, audio_extraction_path = %(wav_path)s,
+   SET audio_extracted = true, audio_extraction_path = %(wav_uri)s,
        audio_duration_seconds = src.audio_duration_seconds, audio_channels = src.audio_channels,
        audio_bitrate = src.audio_bitrate, audio_quality_metrics = src.audio_quality_metrics
   FROM public.sources_google src

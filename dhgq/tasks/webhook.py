@@ -19,9 +19,9 @@ from psycopg.rows import dict_row
 from dhgq import webhooks
 from dhgq.app import app
 from dhgq.errors import DhgqError, PermanentError, TransientError, classify
-from dhgq.pipeline import Resources
 from dhgq.queries import query
 from dhgq.settings import Settings
+from dhgq.stage import Resources
 
 logger = logging.getLogger("dhgq.webhook")
 

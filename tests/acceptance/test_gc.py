@@ -391,7 +391,7 @@ def test_the_daily_task_runs_gc_in_a_worker(db_url: str, conn: psycopg.Connectio
     from dhgq.app import app as procrastinate_app
     from dhgq.app import connector_for
     from dhgq.db import task_pool
-    from dhgq.pipeline import Resources
+    from dhgq.stage import Resources
     from dhgq.tasks import gc as gc_task
 
     periodic = procrastinate_app.periodic_registry.periodic_tasks[(gc_task.TASK, "daily")]

@@ -236,11 +236,12 @@ def test_modal_gpu_calls_are_recorded_with_their_seconds_and_cost(
     settings = Settings(database_url=db_url, home=tmp_path, modal_gpu="A10G")
 
     monkeypatch.setattr(modal.Cls, "from_name", lambda app_name, name: FakeRemote(12.5))
-    diarization, info = gpu.ModalBackend(settings).diarize(wav)
+    audio = gpu.AudioInput(source_id, None, path=str(wav))
+    diarization, info = gpu.ModalBackend(settings).diarize(audio)
     assert diarization.speakers == ["SPEAKER_1"] and info["remote_s"] == 12.5
     monkeypatch.setattr(modal.Cls, "from_name", lambda app_name, name: FakeRemote(0, mx.FunctionTimeoutError("no GPU")))
     with pytest.raises(TransientError):
-        gpu.ModalBackend(settings).diarize(wav)
+        gpu.ModalBackend(settings).diarize(audio)
 
     recorded = rows(
         db_url,

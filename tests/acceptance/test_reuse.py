@@ -21,7 +21,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from dhgq.embedded import ServerInfo
-from dhgq.pipeline import Identity, ReuseKey
+from dhgq.stage import Identity, ReuseKey
 from tests.conftest import database_name, role_url
 from tests.support.fake_anthropic import fake_anthropic_server
 from tests.support.pipeline import insert_source, rows, scalar, stage_statuses, worker_env

@@ -9,19 +9,14 @@ Supabase project; supabase-py is used unchanged, with the anon key and the user'
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from dhgq.client import DhgqClient, DhgqClientError
-from dhgq.gpu import audio_for_modal
-from dhgq.media.extraction.extract import compact_copy_of, extract_audio
-from dhgq.settings import Settings
 from supabase import ClientOptions, create_client
 from tests.support.pipeline import start_worker, worker_env
 from tests.support.speech import TWO_SPEAKER_SCRIPT, dialogue, to_mp4
@@ -100,24 +95,3 @@ def test_a_missing_object_fails_the_request_with_a_reason(
     done = sdk.wait(job.id, timeout=120)
     assert done.status == "failed" and "no such object" in (done.error or "")
     assert sdk.retry(job.id).status in ("queued", "processing")  # her own request: she may retry it
-
-
-def test_the_gpu_functions_get_the_compact_copy_by_signed_url(
-    storage_stack: StorageStack, gateway_url: str, talk: Path, tmp_path: Path
-) -> None:
-    out = extract_audio(talk, tmp_path / "source-id", stem="audio")
-    compact = compact_copy_of(Path(out.wav_path))
-    assert compact is not None and compact.stat().st_size < Path(out.wav_path).stat().st_size
-    settings = Settings(
-        _env_file=None,
-        database_url="postgresql://unused/none",
-        supabase_url=gateway_url,
-        supabase_service_key=storage_stack.service_key(),
-    )
-    audio, seconds = audio_for_modal(settings, Path(out.wav_path))
-    assert isinstance(audio, str) and seconds > 5
-    fetched = httpx.get(audio, timeout=30)
-    assert fetched.status_code == 200
-    assert hashlib.sha256(fetched.content).hexdigest() == hashlib.sha256(compact.read_bytes()).hexdigest()
-    without_storage = Settings(_env_file=None, database_url="postgresql://unused/none")
-    assert audio_for_modal(without_storage, Path(out.wav_path))[0] == compact.read_bytes()  # bytes, never the WAV

@@ -112,6 +112,11 @@ def test_a_stage_refuses_audio_outside_the_work_dir(db_url: str, long_talk: Path
             "WHERE id = %s",
             (source_id,),
         )
+        conn.execute(
+            "INSERT INTO dhgq.artifacts (source_id, kind, uri, content_type) VALUES (%s, 'audio', '/etc/hosts', "
+            "'audio/wav')",
+            (source_id,),
+        )
         conn.execute("SELECT dhgq.enqueue_stage_v1(%s, 'transcription')", (source_id,))
     run_once(env)
     assert stage_statuses(db_url, source_id)["transcription"] == "failed"

@@ -199,6 +199,8 @@ def test_claims_and_progress_commit_without_waiting_for_the_flush(db_url: str) -
             "attempt": 1,
             "progress": 50,
             "detail": None,
+            "host": "machine-a",
+            "worker_id": "6f1c5a1e-2f2b-4c55-9b53-4a9ee5b0c001",
         }
         for name in ("begin_stage", "set_progress"):
             with conn.transaction():

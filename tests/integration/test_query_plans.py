@@ -80,7 +80,7 @@ def job(backlog: psycopg.Connection) -> dict[str, Any]:
 
 # what dhgq/pipeline.py passes each query besides the job's own source_id, stage and job_id
 EXTRA_PARAMS: dict[str, dict[str, Any]] = {
-    "begin_stage": {"attempt": 1},
+    "begin_stage": {"attempt": 1, "host": "machine-a", "worker_id": "6f1c5a1e-2f2b-4c55-9b53-4a9ee5b0c001"},
     "lock_stages": {"stages": ["transcription", "diarization"]},  # a fan-in stage locks its sibling too
     "complete_stage": {"result": Jsonb({"segments": 412, "stage_seconds": 93.2})},
     "set_progress": {"progress": 42.5, "detail": None},

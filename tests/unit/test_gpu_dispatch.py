@@ -104,7 +104,7 @@ def test_modal_errors_become_dhgq_errors(raised: Exception, expected: type, word
 def test_model_paths_cannot_go_to_modal(tmp_path: Path) -> None:
     backend = gpu.ModalBackend(settings())
     with pytest.raises(ConfigurationError, match="not one the Modal app can load"):
-        backend.transcribe(tmp_path / "a.wav", model=str(tmp_path / "my-model"))
+        backend.transcribe(local_audio(tmp_path / "a.wav"), model=str(tmp_path / "my-model"))
 
 
 def test_deploy_and_check_without_credentials(no_credentials: None) -> None:
@@ -131,7 +131,12 @@ def test_a_missing_deployment_names_dhgq_modal_deploy(monkeypatch: pytest.Monkey
     wav = tmp_path / "a.wav"
     wav.write_bytes(modal_deploy.silent_wav(0.5))
     with pytest.raises(ConfigurationError, match="dhgq modal deploy"):
-        gpu.ModalBackend(settings()).transcribe(wav, model="tiny.en")
+        gpu.ModalBackend(settings()).transcribe(local_audio(wav), model="tiny.en")
+
+
+def local_audio(path: Path) -> gpu.AudioInput:
+    """A model stage's input on this machine (the local artifact store)."""
+    return gpu.AudioInput("", None, path=str(path))
 
 
 # ---- the Modal backend end to end, its "remote" calls run in-process through .local() -----------
@@ -199,23 +204,23 @@ def modal_in_process(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 @pytest.mark.filterwarnings("ignore:.*executing locally.*")
 def test_modal_backend_round_trip_in_process(modal_in_process: list[str], dialogue_wav: Path) -> None:
     backend = gpu.ModalBackend(settings(modal_gpu="A10G"), long_audio_seconds=30.0)
-    transcript, info = backend.transcribe(dialogue_wav, model="tiny.en", language=None)
+    transcript, info = backend.transcribe(local_audio(dialogue_wav), model="tiny.en", language=None)
     assert modal_in_process == ["transcribe_long"]
     assert "pipeline" in transcript.text.lower() and transcript.engine == "faster-whisper"
     assert info["backend"] == "modal" and info["gpu"] == "A10G" and info["model"] == "tiny.en"
     assert info["chunks"] >= 3 and info["duration_s"] > 0 and info["device"] == "cpu"
 
     short = gpu.ModalBackend(settings(), long_audio_seconds=3600.0)
-    transcript, info = short.transcribe(dialogue_wav, model="tiny.en")
+    transcript, info = short.transcribe(local_audio(dialogue_wav), model="tiny.en")
     assert modal_in_process[-1] == "Transcriber" and info["chunks"] == 1
     assert "pipeline" in transcript.text.lower()
 
-    diarization, info = short.diarize(dialogue_wav, speakers=SpeakerCount(exact=2))
+    diarization, info = short.diarize(local_audio(dialogue_wav), speakers=SpeakerCount(exact=2))
     assert modal_in_process[-1] == "Diarizer" and len(diarization.speakers) == 2
     assert info["backend"] == "modal" and info["model"] == "local" and info["device"] == "cpu"
 
     long = gpu.ModalBackend(settings(), long_audio_seconds=30.0)
-    diarization, info = long.diarize(dialogue_wav, speakers=SpeakerCount(exact=2))
+    diarization, info = long.diarize(local_audio(dialogue_wav), speakers=SpeakerCount(exact=2))
     assert modal_in_process[-1] == "diarize_long" and info["chunks"] >= 2
     assert len(diarization.speakers) == 2
 
@@ -230,12 +235,12 @@ def dialogue_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_local_backend_returns_run_metadata(dialogue_wav: Path) -> None:
     backend = gpu.LocalBackend(settings(whisper_model="tiny.en"))
-    transcript, info = backend.transcribe(dialogue_wav, model="tiny.en")
+    transcript, info = backend.transcribe(local_audio(dialogue_wav), model="tiny.en")
     assert "pipeline" in transcript.text.lower()
     assert info["backend"] == "local" and info["gpu"] is None and info["model"] == "tiny.en"
     assert info["duration_s"] > 0
 
-    diarization, info = backend.diarize(dialogue_wav, speakers=SpeakerCount(exact=2))
+    diarization, info = backend.diarize(local_audio(dialogue_wav), speakers=SpeakerCount(exact=2))
     assert len(diarization.speakers) == 2 and info["backend"] == "local" and info["engine"] == "local"
 
 
