@@ -44,13 +44,14 @@ from typing import Any, Literal
 import psycopg
 from psycopg.rows import dict_row
 
+from dhgq import gc_artifacts
 from dhgq.errors import DhgqError
 from dhgq.queries import query
 from dhgq.settings import Settings
 
 logger = logging.getLogger("dhgq.gc")
 
-Reason = Literal["audio", "orphan", "unreferenced", "scratch"]
+Reason = Literal["audio", "orphan", "unreferenced", "scratch", "cache"]
 EXPORTS_PREFIX = "dhgq-exports-"  # dhgq/outputs.py's temporary folders in the scratch dir
 
 
@@ -256,6 +257,7 @@ def plan(conn: psycopg.Connection, settings: Settings) -> Report:
         if newest < cutoff and (files or not found):
             report.removals.append(Removal("scratch", str(directory), tuple(files), maybe_source, True))
 
+    report.removals += gc_artifacts.plan(conn, settings, states.values(), report.errors)
     report.jobs = old_jobs(conn, settings)
     report.versions = old_versions(conn, settings)
     return report
@@ -272,7 +274,13 @@ def apply(conn: psycopg.Connection, settings: Settings, planned: Report) -> Repo
             if not ok:
                 logger.info("gc: kept %s: it is in use again", removal.path, extra={"source_id": removal.source_id})
                 continue
-            removed = _remove(removal, protected, settings, done.errors)
+            if gc_artifacts.is_outside(removal):
+                removed = gc_artifacts.remove(settings, removal, done.errors)
+                if removal.files and not removed.files:  # the store refused (see errors): keep the row, so
+                    to_clear.pop(removal.source_id or "", None)  # that the next run tries again
+                    continue
+            else:
+                removed = _remove(removal, protected, settings, done.errors)
             if removal.reason == "audio" and state is not None and removal.source_id in to_clear:
                 _clear(conn, to_clear.pop(removal.source_id), done)
         done.removals.append(removed)
@@ -387,6 +395,8 @@ def _clearable(state: SourceState, work: Path) -> bool:
     path = state.audio_extraction_path
     if not path:
         return False
+    if path.startswith(gc_artifacts.STORED):  # in the artifact store: removed with the source's folder
+        return True
     own = os.path.join(str(work / state.source_id), "")
     return any(form.startswith(mine) for form in _forms(path) for mine in _forms(own)) or not os.path.lexists(path)
 

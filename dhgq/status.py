@@ -97,12 +97,33 @@ class SourceRow:
 
 
 @dataclass(frozen=True)
+class WorkerInfo:
+    """One ``dhgq worker`` process (``dhgq.workers``): where it runs, what it serves, what it holds now."""
+
+    worker_id: str
+    host: str
+    pid: int
+    queues: tuple[str, ...]
+    artifact_store: str | None
+    started_at: datetime
+    seen_at: datetime
+    alive: bool
+    stages_in_hand: int = 0
+
+
+@dataclass(frozen=True)
 class QueueSnapshot:
     taken_at: datetime
     stages: tuple[StageCount, ...]
     sources: tuple[SourceRow, ...]
     workers: int = 0
     jobs_last_minute: int = 0
+    fleet: tuple[WorkerInfo, ...] = ()  # the worker processes seen lately, by host
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The machines with a live worker."""
+        return tuple(sorted({w.host for w in self.fleet if w.alive}))
 
 
 @dataclass(frozen=True)
@@ -118,6 +139,7 @@ class StageRow:
     seconds: float | None = None
     job_id: str | None = None
     media: MediaProgress | None = None
+    host: str | None = None  # the machine whose worker ran (claimed) it last
     reused_from: str | None = None  # the source whose output this stage copied (reuse by content)
     stale: tuple[str, ...] = ()  # why the output is stale: model_version, prompt_version
     cost_usd: float = 0.0  # paid calls (Claude, Modal GPU) of this stage, from the ledger
@@ -166,7 +188,28 @@ def fetch_snapshot(conn: psycopg.Connection, *, limit: int = 500, stalled_after:
     stages = tuple(StageCount(**row) for row in cur.execute(query("cli_stage_counts")))
     sources = tuple(_source_row(row) for row in cur.execute(query("cli_sources"), {"ids": None, "limit": limit}))
     live = one(cur.execute(query("cli_live_workers"), {"stalled_after": stalled_after}))
-    return QueueSnapshot(taken_at, stages, sources, int(live["workers"]), int(live["jobs_last_minute"]))
+    fleet = fetch_fleet(conn, stalled_after)
+    return QueueSnapshot(taken_at, stages, sources, int(live["workers"]), int(live["jobs_last_minute"]), fleet)
+
+
+def fetch_fleet(conn: psycopg.Connection, stalled_after: float = 30.0) -> tuple[WorkerInfo, ...]:
+    """The worker processes that ran lately (alive: seen within a few heartbeats), by host."""
+    cur = conn.cursor(row_factory=dict_row)
+    rows = cur.execute(query("cli_fleet"), {"stalled_after": stalled_after}).fetchall()
+    return tuple(
+        WorkerInfo(
+            str(r["id"]),
+            r["host"],
+            int(r["pid"]),
+            tuple(r["queues"]),
+            r["artifact_store"],
+            r["started_at"],
+            r["seen_at"],
+            bool(r["alive"]),
+            int(r["stages_in_hand"] or 0),
+        )
+        for r in rows
+    )
 
 
 def fetch_sources(conn: psycopg.Connection, ids: list[str]) -> list[SourceRow]:
@@ -190,6 +233,7 @@ def fetch_stages(conn: psycopg.Connection, source_id: str) -> tuple[StageRow, ..
             seconds=r["seconds"],
             job_id=r["job_id"],
             media=MediaProgress.of(r.get("progress_detail")) if r["status"] == "processing" else None,
+            host=r.get("host"),
             reused_from=(r.get("reused_from") or {}).get("source_id"),
             stale=tuple(r.get("stale_reasons") or ()),
             cost_usd=float(r.get("cost_usd") or 0),

@@ -77,15 +77,21 @@ class ArtifactCache:
 
     @contextmanager
     def use(self, artifact: Artifact, download: Download) -> Iterator[Path]:
-        """The artifact's file, downloaded with ``download`` unless it is here; not evicted during the block."""
+        """The artifact's file, downloaded with ``download`` unless it is here; not evicted during the block.
+
+        Users of a whole file share its lock, so stages on this machine read it side by side; only a
+        download takes it exclusively (waiting for nobody but another download of the same file)."""
         path = self.path_of(artifact)
-        with self._locked(artifact) as lock:
+        with self._lock_file(artifact) as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH)
             fetched = False
             if not self._whole(path, artifact):
-                self._fetch(artifact, path, download)
-                fetched = True
+                fcntl.flock(lock, fcntl.LOCK_EX)  # (flock converts by releasing first: no deadlock)
+                if not self._whole(path, artifact):  # a concurrent download may have brought it meanwhile
+                    self._fetch(artifact, path, download)
+                    fetched = True
+                fcntl.flock(lock, fcntl.LOCK_SH)
             os.utime(path)  # most recently used
-            fcntl.flock(lock, fcntl.LOCK_SH)  # others may use it too now, but nobody evicts it
             if fetched:
                 self.evict(keep=path)
             yield path
@@ -93,7 +99,10 @@ class ArtifactCache:
     def adopt(self, file: Path, artifact: Artifact) -> Path:
         """Move ``file`` (whose hash is ``artifact.sha256``) into the cache; its path there."""
         path = self.path_of(artifact)
-        with self._locked(artifact):
+        with self._lock_file(artifact) as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH)
+            if not self._whole(path, artifact):
+                fcntl.flock(lock, fcntl.LOCK_EX)
             if self._whole(path, artifact):
                 file.unlink(missing_ok=True)
             else:
@@ -136,7 +145,7 @@ class ArtifactCache:
                 break
             if entry.path == keep:
                 continue
-            if self._remove_unless_used(entry.path):
+            if self.remove_unless_used(entry.path):
                 total -= entry.size
                 removed += entry.size
         if removed:
@@ -146,17 +155,18 @@ class ArtifactCache:
     # -- inside ------------------------------------------------------------------------------------
 
     @contextmanager
-    def _locked(self, artifact: Artifact) -> Iterator[int]:
-        """The artifact's lock file, held exclusively (waiting for others) until the block ends or downgrades."""
+    def _lock_file(self, artifact: Artifact) -> Iterator[int]:
+        """The artifact's lock file, open (not locked yet); closing it releases whatever lock it holds."""
         self.locks.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.locks / self._sha256(artifact), os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield fd
         finally:
-            os.close(fd)  # releases the lock
+            os.close(fd)
 
-    def _remove_unless_used(self, path: Path) -> bool:
+    def remove_unless_used(self, path: Path | str) -> bool:
+        """Remove a cached file unless a process holds it (its lock); whether it went."""
+        path = Path(path)
         sha256 = path.name.split(".", 1)[0]
         try:
             fd = os.open(self.locks / sha256, os.O_RDWR | os.O_CREAT, 0o600)

@@ -234,7 +234,11 @@ def _emit_overview(snapshot: QueueSnapshot, json_output: bool) -> None:
             *(str(v) for v in (s.queued, s.processing, s.completed, s.failed, s.completed_last_5_min)),
         )
     stdout.print(table)
-    stdout.print(f"live workers: {snapshot.workers}   jobs finished in the last minute: {snapshot.jobs_last_minute}")
+    hosts = f" on {len(snapshot.hosts)} host{'s' if len(snapshot.hosts) != 1 else ''}" if snapshot.hosts else ""
+    stdout.print(
+        f"live workers: {snapshot.workers}{hosts}   jobs finished in the last minute: {snapshot.jobs_last_minute}"
+    )
+    _print_fleet(snapshot)
     recent = listing("id", "state", "progress", "extract", "transcr", "diarize", "summary", title="Recent sources")
     for row in snapshot.sources:
         recent.add_row(
@@ -245,6 +249,24 @@ def _emit_overview(snapshot: QueueSnapshot, json_output: bool) -> None:
             row.name,
         )
     stdout.print(recent)
+
+
+def _print_fleet(snapshot: QueueSnapshot) -> None:
+    """The worker processes by host: what each serves, which artifact store, what it holds now."""
+    if not snapshot.fleet:
+        return
+    table = Table("host", "pid", "state", "queues", "store", "stages", "seen", title="Workers", box=box.SIMPLE_HEAD)
+    for w in snapshot.fleet:
+        table.add_row(
+            w.host,
+            str(w.pid),
+            "[green]alive[/green]" if w.alive else "[dim]gone[/dim]",
+            ",".join(w.queues),
+            w.artifact_store or "",
+            str(w.stages_in_hand),
+            when(w.seen_at),
+        )
+    stdout.print(table)
 
 
 def listing(*columns: str, error: bool = False, title: str | None = None) -> Table:
@@ -262,13 +284,16 @@ def print_detail(detail: SourceDetail) -> None:
     row = detail.source
     stdout.print(f"[bold]{row.name}[/bold]  {row.source_id}", highlight=False)
     stdout.print(f"{row.path}\nstate: {row.state}  progress: {row.progress:.0f}%", highlight=False)
-    table = Table("stage", "status", "progress", "attempts", "started", "took", "error class", "reuse, staleness, cost")
+    table = Table(
+        "stage", "status", "progress", "attempts", "host", "started", "took", "error class", "reuse, staleness, cost"
+    )
     for s in detail.stages:
         table.add_row(
             s.stage,
             s.status,
             f"{s.progress:.0f}%",
             str(s.attempts),
+            s.host or "",
             when(s.started_at),
             seconds(s.seconds),
             s.error_class or "",

@@ -32,7 +32,7 @@ SELECT p.source_id, p.name, p.path, p.state, p.progress, p.error, p.audio_durati
 -- A source's stage rows in pipeline order, with how long each ran; whether the output was reused
 -- (from where), whether it is stale (and why), its key's versions, and the last re-run asked for.
 SELECT st.stage, st.status, st.progress, st.progress_detail, st.attempts, st.job_id, st.error_class, st.error,
-       st.started_at, st.completed_at,
+       st.started_at, st.completed_at, st.host,
        extract(epoch FROM st.completed_at - st.started_at)::float8 AS seconds, st.result,
        st.result -> 'reused_from' AS reused_from,
        stale.output_id IS NOT NULL AS stale,
@@ -96,6 +96,19 @@ SELECT (SELECT count(*) FROM procrastinate_workers
          WHERE last_heartbeat > now() - make_interval(secs => %(stalled_after)s)) AS workers,
        (SELECT count(*) FROM procrastinate_events
          WHERE type IN ('succeeded', 'failed') AND at > now() - interval '1 minute') AS jobs_last_minute;
+
+-- name: cli_fleet
+-- The worker processes seen in the last day (or still alive), newest first: alive when seen within three
+-- recovery rounds (a worker renews seen_at every stalled_after / 3 s) and not stopped; the stages each
+-- holds now.
+SELECT w.id, w.host, w.pid, w.queues, w.artifact_store, w.started_at, w.seen_at,
+       w.stopped_at IS NULL AND w.seen_at > now() - make_interval(secs => %(stalled_after)s * 2) AS alive,
+       (SELECT count(*) FROM audio_processing_stages st
+         WHERE st.worker_id = w.id AND st.status = 'processing') AS stages_in_hand
+  FROM dhgq.workers w
+ WHERE w.seen_at > now() - interval '1 day'
+ ORDER BY alive DESC, w.host, w.started_at DESC
+ LIMIT 100;
 
 -- name: lock_content_hash
 -- Serialise adding the same content from two processes, so it becomes one source.

@@ -62,8 +62,9 @@ SELECT src.path
 SELECT id FROM public.sources_google WHERE id = %(source_id)s FOR UPDATE;
 
 -- name: gc_clear_audio
--- The source's extracted audio is gone: say so, so that a retry starts again from extraction
--- (dhgq.retry_source_v1) instead of giving a model stage a missing file.
+-- The source's extracted audio is gone: say so (its artifacts too), so that a retry starts again from
+-- extraction (dhgq.retry_source_v1) instead of giving a model stage a missing file.
+WITH gone AS (DELETE FROM dhgq.artifacts WHERE source_id = %(source_id)s)
 UPDATE public.sources_google
    SET audio_extraction_path = NULL, audio_extracted = false
  WHERE id = %(source_id)s AND (audio_extraction_path IS NOT NULL OR audio_extracted);
@@ -124,3 +125,13 @@ SELECT (SELECT count(*) FROM dhgq.output_history
          WHERE superseded_at < now() - %(keep_days)s * interval '1 day') AS history,
        (SELECT count(*) FROM dhgq.stage_outputs
          WHERE superseded_at < now() - %(keep_days)s * interval '1 day') AS outputs;
+
+-- name: gc_existing_sources
+-- Which of these ids (folders in the artifact bucket) still name a source row.
+SELECT id FROM public.sources_google WHERE id = ANY(%(ids)s::uuid[]);
+
+-- name: gc_stored_artifacts
+-- The artifacts of these sources that lie in the artifact bucket.
+SELECT source_id, uri, size FROM dhgq.artifacts
+ WHERE source_id = ANY(%(ids)s::uuid[]) AND starts_with(uri, %(prefix)s)
+ ORDER BY source_id, kind;

@@ -45,6 +45,8 @@ def render_detail(detail: SourceDetail) -> RenderableType:
         )
         if s.media is not None:
             status.append(f"\n{s.media.describe()}", style="dim")
+        if s.host:
+            status.append(f"\non {s.host}", style="dim")
         if s.notes():
             status.append(f"\n{s.notes()}", style="magenta" if s.stale else "dim")
         stages.add_row(s.stage, status, str(s.attempts), took(s.seconds), error)

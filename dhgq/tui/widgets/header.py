@@ -20,6 +20,8 @@ class StatusHeader(Static):
         if snapshot is not None:
             line.append(f"{snapshot.taken_at:%H:%M:%S}", style="dim")
             line.append(f"  workers {snapshot.workers}", style="green" if snapshot.workers else "red")
+            if len(snapshot.hosts) > 1:
+                line.append(f" on {len(snapshot.hosts)} hosts")
             line.append(f"  {snapshot.jobs_last_minute} jobs/min  ")
         if problem:
             line.append(f"! {problem}  ", style="bold red")
