@@ -134,6 +134,7 @@ def test_status_overview_and_one_source(cli: CliRunner, conn: psycopg.Connection
     counts = {s["stage"]: s for s in overview["stages"]}
     assert counts["extraction"]["completed"] == 1 and counts["extraction"]["failed"] == 1
     assert {s["source_id"]: s["state"] for s in overview["sources"]} == {done: "completed", broken: "failed"}
+    assert overview["fleet"] == []  # no worker process ever registered in this database
     detail = as_json(run(cli, "status", broken[:8], "--json"))
     assert detail["source"]["name"] == "broken.mp4"
     assert detail["stages"] == [
@@ -149,6 +150,7 @@ def test_status_overview_and_one_source(cli: CliRunner, conn: psycopg.Connection
             "seconds": 12.5,
             "job_id": detail["stages"][0]["job_id"],
             "media": None,  # a running model stage's audio seconds, realtime factor and ETA
+            "host": None,  # the machine whose worker claimed it last (none did: the row was made by hand)
             "reused_from": None,  # the source whose output a reused stage copied
             "stale": [],  # why an output is stale (model_version, prompt_version)
             "cost_usd": 0.0,  # paid calls (Claude, Modal GPU) of the stage, from the ledger

@@ -17,6 +17,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.support.pipeline import rows, scalar, stage_statuses, wait_for, worker_env
@@ -141,3 +142,86 @@ def test_stages_run_on_separate_machines_and_survive_losing_two_of_them(
         [sys.executable, "-m", "dhgq", "status", source_id, "--json"], env=d, capture_output=True, text=True, check=True
     )
     assert {s["stage"]: s["host"] for s in json.loads(detail.stdout)["stages"]} == hosts
+
+
+@pytest.fixture(scope="module")
+def short_talk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("fleet-short")
+    return to_mp4(dialogue(TWO_SPEAKER_SCRIPT[:2], folder / "talk.wav").audio, folder / "short.mp4")
+
+
+def stored_source(stack: StorageStack, talk: Path) -> str:
+    """A user's talk in the media bucket and its source row (as the service role adds one)."""
+    key = f"{stack.new_user()}/fleet/{uuid.uuid4().hex}.mp4"
+    stack.storage(stack.service_key()).from_(stack.bucket).upload(key, talk.read_bytes(), {"content-type": "video/mp4"})
+    return str(
+        scalar(
+            stack.database_url,
+            "INSERT INTO sources_google (name, path, mime_type) VALUES ('short', %s, 'video/mp4') RETURNING id",
+            (f"storage://{stack.bucket}/{key}",),
+        )
+    )
+
+
+def test_audio_gone_from_the_store_fails_clearly_and_a_retry_extracts_again(
+    storage_stack: StorageStack, gateway_url: str, short_talk: Path, tmp_path: Path
+) -> None:
+    db = storage_stack.database_url
+    source_id = stored_source(storage_stack, short_talk)
+    a, b = (machine_env(storage_stack, gateway_url, tmp_path, name) for name in "ab")
+    finish(worker(a, "extraction", log=tmp_path / "a.log"), tmp_path / "a.log")
+    bucket = storage_stack.storage(storage_stack.service_key()).from_("dhgq-artifacts")
+    bucket.remove([f"{source_id}/{entry['name']}" for entry in bucket.list(source_id)])  # gone from the store
+
+    finish(worker(b, "transcription", "diarization", log=tmp_path / "b.log"), tmp_path / "b.log")
+    failed = rows(
+        db,
+        "SELECT stage, status, error_class, error FROM dhgq.audio_processing_stages "
+        "WHERE source_id = %s AND stage IN ('transcription', 'diarization') ORDER BY stage",
+        (source_id,),
+    )
+    assert [(stage, status, error_class) for stage, status, error_class, _ in failed] == [
+        ("diarization", "failed", "permanent"),
+        ("transcription", "failed", "permanent"),
+    ]
+    assert all("gone from the artifact store" in error and "retry" in error for *_, error in failed)
+    attempts = "SELECT max(attempts) FROM dhgq.audio_processing_stages WHERE source_id = %s AND stage <> 'extraction'"
+    assert scalar(db, attempts, (source_id,)) == 1  # permanent: not retried
+    assert scalar(db, "SELECT audio_extraction_path FROM sources_google WHERE id = %s", (source_id,)) is None
+    assert scalar(db, "SELECT count(*) FROM dhgq.dead_letter WHERE source_id = %s", (source_id,)) == 2
+
+    subprocess.run([sys.executable, "-m", "dhgq", "retry", source_id], env=b, check=True, capture_output=True)
+    finish(worker(b, log=tmp_path / "b.log"), tmp_path / "b.log")  # every queue: extraction again, then the rest
+    assert stage_statuses(db, source_id) == dict.fromkeys(STAGES, "completed")
+
+
+def test_gc_removes_stored_audio_of_finished_and_deleted_sources(
+    storage_stack: StorageStack, gateway_url: str, short_talk: Path, tmp_path: Path
+) -> None:
+    db = storage_stack.database_url
+    kept, expired, deleted = (stored_source(storage_stack, short_talk) for _ in range(3))
+    a = machine_env(storage_stack, gateway_url, tmp_path, "a")
+    finish(worker(a, log=tmp_path / "a.log"), tmp_path / "a.log")
+    bucket = storage_stack.storage(storage_stack.service_key()).from_("dhgq-artifacts")
+    assert all(bucket.list(source_id) for source_id in (kept, expired, deleted))
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE dhgq.audio_processing_stages SET completed_at = now() - interval '30 days' WHERE source_id = %s",
+            (expired,),
+        )
+        conn.execute("DELETE FROM sources_google WHERE id = %s", (deleted,))
+
+    plan = subprocess.run(
+        [sys.executable, "-m", "dhgq", "gc", "--dry-run", "--json"], env=a, capture_output=True, text=True, check=True
+    )
+    planned = {
+        (r["reason"], r["source_id"]) for r in json.loads(plan.stdout)["removals"] if r["path"].startswith("storage://")
+    }
+    assert planned == {("audio", expired), ("orphan", deleted)}
+    subprocess.run([sys.executable, "-m", "dhgq", "gc"], env=a, check=True, capture_output=True)
+    assert bucket.list(expired) == [] and bucket.list(deleted) == [] and bucket.list(kept)
+    assert scalar(db, "SELECT count(*) FROM dhgq.artifacts WHERE source_id = %s", (expired,)) == 0
+    assert scalar(db, "SELECT audio_extraction_path FROM sources_google WHERE id = %s", (expired,)) is None
+    assert scalar(db, "SELECT audio_extraction_path FROM sources_google WHERE id = %s", (kept,)).startswith(
+        "storage://"
+    )

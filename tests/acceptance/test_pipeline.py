@@ -63,6 +63,10 @@ def test_sql_insert_runs_all_four_stages(db_url: str, talk: Path, tmp_path: Path
     assert scalar(db_url, "SELECT audio_extracted FROM sources_google WHERE id=%s", (source_id,)) is True
     state = rows(db_url, "SELECT state, progress FROM dhgq.pipeline_status WHERE source_id=%s", (source_id,))
     assert state == [("completed", 100)]
+    # the embedded single-machine default: the artifacts are the work dir's files, read in place, nothing cached
+    artifacts = dict(rows(db_url, "SELECT kind, uri FROM dhgq.artifacts WHERE source_id = %s", (source_id,)))
+    assert artifacts["audio"] == str(tmp_path / "audio" / source_id / "audio.wav") and "compact" in artifacts
+    assert all(Path(uri).is_file() for uri in artifacts.values()) and not (tmp_path / "cache").exists()
     # stage rows agree with Procrastinate's job table
     assert (
         scalar(
