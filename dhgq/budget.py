@@ -8,8 +8,8 @@ ledger (``dhgq/ledger.py``).
 A paid stage asks ``gate`` before it starts, with an estimate of what it will cost. Over a cap,
 the stage does not start: its row says ``waiting_budget`` with the reason, and a job checks again
 ``Settings.budget_recheck_seconds`` later, so the next UTC day frees it without anyone acting.
-Summarization calls it today; a Modal GPU stage would call it the same way, with an estimate
-from the audio's length and ``ledger.gpu_price_per_second``.
+Summarization calls it with its tokens' estimate; transcription and diarization on Modal call it
+with the audio's length in GPU seconds (``dhgq/tasks/audio.py``, ``ledger.gpu_estimate_usd``).
 """
 
 from __future__ import annotations

@@ -244,11 +244,16 @@ class ModalBackend:
         from dhgq.ledger import gpu_call
 
         deadline = time.monotonic() + self.settings.stage_timeout(seconds)
+        if audio.source_id:
+            cancel_open_calls(self.settings, audio.source_id, stage)  # an earlier attempt's, left running
         record = gpu_call(
             self.settings, stage=stage, source_id=audio.source_id, function=function, audio_s=seconds, **request
         )
         with record as call, modal_errors(self.settings.modal_app_name, stage):
-            output: dict[str, Any] = wait_for(spawn(), deadline, stage, self.POLL_SECONDS)
+            spawned = spawn()
+            call.spawned(spawned.object_id)
+            terminate = not function.endswith("_long")
+            output: dict[str, Any] = wait_for(spawned, deadline, stage, self.POLL_SECONDS, terminate=terminate)
             call.gpu_seconds = self._gpu_seconds(output)
         return output
 
@@ -276,46 +281,90 @@ class ModalBackend:
         return round(float(output["seconds"]) * gpus, 3)
 
 
-def wait_for(call: Any, deadline: float, stage: str, poll: float = 5.0) -> Any:
-    """The output of a spawned Modal call (a ``FunctionCall``), cancelled if it is not done by
-    ``deadline`` (``time.monotonic()``) or if this process is interrupted while it waits."""
-    from modal import exception as mx
+RECONNECT_LIMIT = 8  # consecutive polls that lost touch with Modal (about two minutes of backoff) before giving up
 
+
+def wait_for(call: Any, deadline: float, stage: str, poll: float = 5.0, *, terminate: bool = True) -> Any:
+    """The output of a spawned Modal call (a ``FunctionCall``), awaited in slices of ``poll`` seconds.
+
+    While the call runs, ``FunctionCall.get(timeout=)`` raises Python's own ``TimeoutError`` (modal 1.x,
+    ``_Invocation.poll_function``); that, and Modal's ``TimeoutError`` class, mean "not yet". A poll that
+    loses touch with Modal (a connection error) waits on the same call again with backoff, never spawns
+    another. Anything else ends the wait, and the call is cancelled on the way out (a no-op when it has
+    finished): past ``deadline`` (``time.monotonic()``), on the remote's own failure, on an interrupt.
+    ``terminate``: stop its containers too (the GPU classes); a coordinator is cancelled gently instead,
+    so that it cancels the chunk calls it spawned."""
     from dhgq.runner import report_remote_work
 
-    report_remote_work(cancel_modal_call, call.object_id)
+    report_remote_work(cancel_modal_call if terminate else cancel_modal_coordinator, call.object_id)
     try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise StageTimeout(f"the Modal {stage} call ran past the stage's time limit and was cancelled")
-            try:
-                return call.get(timeout=min(poll, left))
-            except (TimeoutError, mx.TimeoutError) as exc:  # modal 1.x raises the builtin one while it runs
-                if isinstance(exc, mx.OutputExpiredError | mx.FunctionTimeoutError):
-                    raise
-    except BaseException as exc:
-        if isinstance(exc, StageTimeout) or not isinstance(exc, Exception):  # ours, or KeyboardInterrupt, SystemExit
-            cancel_call(call)
+        return _poll(call, deadline, stage, poll)
+    except BaseException:
+        cancel_call(call, terminate=terminate)
         raise
     finally:
         report_remote_work(None)
 
 
-def cancel_call(call: Any) -> None:
+def _poll(call: Any, deadline: float, stage: str, poll: float) -> Any:
+    from grpclib.exceptions import StreamTerminatedError
+    from modal import exception as mx
+
+    reconnectable = (mx.ConnectionError, mx.ServiceError, mx.InternalError, StreamTerminatedError, ConnectionError)
+    lost = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise StageTimeout(f"the Modal {stage} call ran past the stage's time limit and was cancelled")
+        try:
+            return call.get(timeout=min(poll, left))
+        except (mx.OutputExpiredError, mx.FunctionTimeoutError):
+            raise
+        except (TimeoutError, mx.TimeoutError):  # still running
+            lost = 0
+        except reconnectable as exc:
+            lost += 1
+            if lost > RECONNECT_LIMIT:
+                raise TransientError(f"lost touch with the Modal {stage} call {call.object_id}: {exc!r}") from exc
+            logger.warning("lost touch with the Modal %s call %s (%r): waiting on it again", stage, call.object_id, exc)
+            time.sleep(max(0.0, min(2.0**lost / 2, 30.0, deadline - time.monotonic())))
+
+
+def cancel_call(call: Any, *, terminate: bool = True) -> None:
     """Cancel a spawned Modal call, best effort: a failure to cancel is logged, not raised."""
     try:
-        call.cancel(terminate_containers=True)
+        call.cancel(terminate_containers=terminate)
     except Exception as exc:  # noqa: BLE001 - the stage ends either way
         logger.warning("could not cancel the Modal call %s: %s", getattr(call, "object_id", "?"), exc)
 
 
 def cancel_modal_call(call_id: str) -> None:
-    """Cancel the Modal call ``call_id`` (run by a model host's parent after it killed the child that waited on it)."""
+    """Cancel the Modal call ``call_id`` and stop its containers (run by a model host's parent after it
+    killed the child that waited on it, or for a call a stopped worker left running)."""
     import modal
 
-    cancel_call(modal.FunctionCall.from_id(call_id))
+    cancel_call(modal.FunctionCall.from_id(call_id), terminate=True)
     logger.info("cancelled the Modal call %s", call_id)
+
+
+def cancel_modal_coordinator(call_id: str) -> None:
+    """Cancel a long-audio coordinator's call so that it cancels its chunk calls itself (its containers stay)."""
+    import modal
+
+    cancel_call(modal.FunctionCall.from_id(call_id), terminate=False)
+    logger.info("cancelled the Modal coordinator call %s", call_id)
+
+
+def cancel_open_calls(settings: Settings, source_id: str | None, stage: str | None = None) -> int:
+    """Cancel the Modal calls the ledger shows still open for this source (and stage): what a worker
+    killed outright, or a cancelled request, left running; without a source, every open call whose stage
+    no worker runs any more (the workers' recovery round). Best effort; how many were cancelled."""
+    from dhgq.ledger import close_open_remote_calls
+
+    def cancel(call_id: str, function: str) -> None:
+        (cancel_modal_coordinator if function.endswith("_long") else cancel_modal_call)(call_id)
+
+    return close_open_remote_calls(settings, source_id, stage, cancel)
 
 
 def modal_payload(audio: AudioInput) -> tuple[bytes | str | list[str], float]:

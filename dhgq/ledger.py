@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -58,6 +58,18 @@ def gpu_price_per_second(settings: Settings, gpu: str | None) -> float | None:
 def gpu_cost(settings: Settings, gpu: str | None, seconds: float | None) -> float | None:
     per_second = gpu_price_per_second(settings, gpu)
     return None if per_second is None or seconds is None else round(per_second * seconds, 6)
+
+
+# GPU seconds a Modal call takes per second of audio, until the ledger has measured calls of the stage
+# (then their recent mean is used): generous upper bounds, so that a budget errs on the side of waiting.
+# Whisper turbo on an A10G runs about 30-50x realtime (0.02-0.03), dhgq's diarizer on CUDA faster still.
+GPU_SECONDS_PER_AUDIO_SECOND = {"transcription": 0.06, "diarization": 0.03}
+
+
+def gpu_estimate_usd(settings: Settings, stage: str, audio_seconds: float, measured_rate: float | None = None) -> float:
+    """What a Modal call of this stage on this much audio will cost: the budget's estimate before it starts."""
+    rate = measured_rate if measured_rate else GPU_SECONDS_PER_AUDIO_SECOND.get(stage, 0.1)
+    return gpu_cost(settings, settings.modal_gpu, audio_seconds * rate) or 0.0
 
 
 def _json_default(value: Any) -> Any:
@@ -215,7 +227,17 @@ class GpuCall:
                 stage=self.stage,
                 request={"function": self.function, "model": self.model, **self.request},
                 gpu_type=gpu,
+                estimated_cost_usd=gpu_estimate_usd(self.settings, self.stage, float(self.request.get("audio_s") or 0)),
             ),
+        )
+
+    def spawned(self, call_id: str) -> None:
+        """The Modal call's id, with its row: a later worker (or ``dhgq cancel``) cancels it if it is left running."""
+        if self.row_id is None:
+            return
+        row_id = self.row_id
+        self._write(
+            "call id", lambda conn: conn.execute(query("ledger_remote_call"), {"id": row_id, "call_id": call_id})
         )
 
     def finish(self) -> None:
@@ -244,6 +266,33 @@ class GpuCall:
         self._write(
             "failure", lambda conn: fail_call(conn, row_id, f"{type(error).__name__}: {error}", latency_s=latency)
         )
+
+
+def close_open_remote_calls(
+    settings: Settings, source_id: str | None, stage: str | None, cancel: Callable[[str, str], None]
+) -> int:
+    """``cancel(call_id, function)`` each Modal call the ledger shows open for the source (and stage), or,
+    without a source, every open call whose stage no worker runs any more (cancelled, failed, re-queued);
+    then close its row as failed. Best effort, like the rest of the GPU bookkeeping: how many it closed."""
+    from dhgq.db import connect, database_url
+
+    try:
+        url = database_url(settings, start=False)
+        with connect(url, autocommit=True, timeout=settings.db_connect_timeout) as conn:
+            if source_id is None:
+                open_calls = conn.execute(query("ledger_orphaned_remote_calls")).fetchall()
+            else:
+                params = {"source_id": source_id, "stage": stage}
+                open_calls = conn.execute(query("ledger_open_remote_calls"), params).fetchall()
+            for row_id, call_id, function in open_calls:
+                cancel(call_id, function or "")
+                conn.execute(query("ledger_close_abandoned"), {"id": row_id})
+                logger.warning("cancelled the Modal call %s that nobody waits on any more", call_id,
+                               extra={"source_id": source_id, "stage": stage})  # fmt: skip
+            return len(open_calls)
+    except Exception as exc:  # noqa: BLE001 - bookkeeping; the next attempt, round or dhgq cancel tries again
+        logger.warning("could not cancel the Modal calls left open (source %s): %s", source_id or "any", exc)
+        return 0
 
 
 @contextmanager

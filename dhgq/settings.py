@@ -139,7 +139,9 @@ class Settings(BaseSettings):
     modal_app_name: str = "dhgq-gpu"
     modal_gpu: str = "A10G"
     modal_whisper_model: str = Field("turbo", description="Whisper model of the Modal app, loaded at its start")
-    modal_max_containers: int = Field(8, ge=1, description="GPU containers the Modal app may run at once")
+    modal_max_containers: int = Field(
+        5, ge=1, description="GPU containers each Modal GPU class may run at once (two classes: within 10 GPUs)"
+    )
     modal_diarization_engine: Literal["local", "pyannote"] = Field(
         "local",
         description="diarizer of the Modal app: dhgq's own (no token), or pyannote (deployed only when asked for; "

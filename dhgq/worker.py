@@ -121,7 +121,7 @@ async def _serve(
         ]
 
     if not once:
-        await _serve_until_stopped(bound, resources, make_workers)
+        await _serve_until_stopped(bound, resources, make_workers, queues)
         return
     # --once: drain the queues; a finished stage may have queued the next, so go round until idle.
     while True:
@@ -133,7 +133,7 @@ async def _serve(
 
 
 async def _serve_until_stopped(
-    bound: procrastinate.App, resources: Resources, make_workers: Callable[[], list[Worker]]
+    bound: procrastinate.App, resources: Resources, make_workers: Callable[[], list[Worker]], queues: list[Queue]
 ) -> None:
     """Serve until a signal says stop; workers that stop by themselves are started again.
 
@@ -143,7 +143,7 @@ async def _serve_until_stopped(
     """
     workers: list[Worker] = []
     stop = _stop_on_signals(lambda: workers)
-    recovery = asyncio.create_task(_recover_forever(bound, resources, stop))
+    recovery = asyncio.create_task(_recover_forever(bound, resources, stop, queues))
     delay = 1.0
     while not stop.is_set():
         workers[:] = make_workers()
@@ -175,14 +175,21 @@ def _stop_on_signals(workers: Callable[[], list[Worker]]) -> asyncio.Event:
     return stopped
 
 
-async def _recover_forever(bound: procrastinate.App, resources: Resources, stop: asyncio.Event) -> None:
+async def _recover_forever(
+    bound: procrastinate.App, resources: Resources, stop: asyncio.Event, queues: list[Queue]
+) -> None:
     interval = max(1.0, resources.settings.stalled_after / 3)
+    reap = _uses_modal(resources, queues)
+    rounds = 0
     while not stop.is_set():
         try:
             await asyncio.to_thread(_seen, resources)
             await recover_stalled_jobs(bound, resources)
+            if reap and rounds % REAP_EVERY_ROUNDS == 0:  # Modal calls whose stage nobody runs any more
+                await asyncio.to_thread(gpu.cancel_open_calls, resources.settings, None)
         except Exception as exc:  # the database may be restarting; try again next round
             logger.warning("stalled-job recovery failed: %s", exc)
+        rounds += 1
         try:
             await asyncio.wait_for(stop.wait(), interval)
         except TimeoutError:
@@ -203,6 +210,19 @@ async def recover_stalled_jobs(bound: procrastinate.App, resources: Resources) -
         count += 1
     await bound.job_manager.prune_stalled_workers(resources.settings.stalled_after)
     return count
+
+
+REAP_EVERY_ROUNDS = 6  # the recovery round runs every stalled_after / 3 s: orphaned Modal calls every ~minute
+
+
+def _uses_modal(resources: Resources, queues: list[Queue]) -> bool:
+    """Whether this worker's model stages run on Modal (then it also cancels Modal calls left open)."""
+    if not {"transcription", "diarization"} & set(queues):
+        return False
+    try:
+        return gpu.select_backend(resources.settings)[0].name == "modal"
+    except Exception:  # noqa: BLE001 - not configured: the stages themselves will say so
+        return False
 
 
 def _register(resources: Resources, queues: list[Queue]) -> None:

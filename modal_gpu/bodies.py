@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,17 @@ class OpenAIWhisper:
     def model_name(self) -> str:
         return Path(self.name).stem if Path(self.name).is_file() else self.name
 
+    def language_probabilities(self, wav_path: Path) -> list[tuple[str, float]]:
+        """The most probable languages of the first 30 s (an English-only model knows one)."""
+        import whisper
+
+        if not self.model.is_multilingual:
+            return [("en", 1.0)]
+        audio = whisper.pad_or_trim(whisper.load_audio(str(wav_path)))
+        mel = whisper.log_mel_spectrogram(audio, n_mels=self.model.dims.n_mels).to(self.model.device)
+        _, probabilities = self.model.detect_language(mel)
+        return sorted(((code, float(p)) for code, p in probabilities.items()), key=lambda item: -item[1])[:5]
+
     def transcribe(self, wav_path: Path, *, language: str | None = None) -> Transcript:
         import whisper
 
@@ -182,6 +194,29 @@ def run_transcription(engine: Any, audio: Audio, language: str | None) -> dict[s
 
 
 ChunkRunner = Callable[[Sequence[bytes]], Sequence[dict[str, Any] | BaseException]]
+TranscriptionRunner = Callable[[Sequence[bytes], str | None], Sequence[dict[str, Any] | BaseException]]
+LanguageDetector = Callable[[list[bytes]], dict[str, Any]]
+LANGUAGE_SNIPPETS = 3  # chunks (start, middle, end) a long talk's language is told from, once
+
+
+def run_language_detection(engine: Any, snippets: Sequence[bytes]) -> dict[str, Any]:
+    """The body of ``Transcriber.detect_language``: the language most probable over the snippets, with
+    its mean probability (each snippet's first 30 s, as Whisper detects)."""
+    totals: dict[str, float] = {}
+    for snippet in snippets:
+        with scratch_wav(as_wav(snippet)) as path:
+            for code, probability in engine.language_probabilities(path):
+                totals[code] = totals.get(code, 0.0) + probability
+    if not totals:
+        return {"language": None, "probability": 0.0}
+    best = max(totals, key=lambda code: totals[code])
+    return {"language": best, "probability": round(totals[best] / len(snippets), 4)}
+
+
+def language_snippets(chunks: Sequence[bytes]) -> list[bytes]:
+    """The chunks a talk's language is told from: its start, middle and end (an intro may be music)."""
+    picked = sorted({0, len(chunks) // 2, len(chunks) - 1})[:LANGUAGE_SNIPPETS] if chunks else []
+    return [chunks[i] for i in picked]
 
 
 def run_chunks_retrying(chunks: Sequence[bytes], run_chunks: ChunkRunner) -> list[dict[str, Any] | BaseException]:
@@ -205,18 +240,36 @@ def raise_for_failed_chunks(outputs: Sequence[dict[str, Any] | BaseException]) -
     return [out for out in outputs if not isinstance(out, BaseException)]
 
 
-def run_long_transcription(audio: Audio, run_chunks: ChunkRunner, max_chunk: float) -> dict[str, Any]:
-    """The body of ``transcribe_long``: split at silences, run every chunk (a failed one twice), stitch."""
+def run_long_transcription(
+    audio: Audio,
+    run_chunks: TranscriptionRunner,
+    max_chunk: float,
+    *,
+    language: str | None = None,
+    detect: LanguageDetector | None = None,
+) -> dict[str, Any]:
+    """The body of ``transcribe_long``: split at silences, tell the talk's language once (unless one was
+    asked for) so that every chunk is decoded in it, run every chunk (a failed one twice), stitch."""
     started = time.perf_counter()
     chunks = split_at_silences(fetch_audio(audio), max_chunk=max_chunk)
-    results = raise_for_failed_chunks(run_chunks_retrying([chunk.wav_bytes() for chunk in chunks], run_chunks))
+    wavs = [chunk.wav_bytes() for chunk in chunks]
+    detected: dict[str, Any] = {}
+    if language is None and detect is not None and wavs:
+        detected = detect(language_snippets(wavs))
+        language = detected.get("language")
+    outputs = run_chunks_retrying(wavs, lambda part: run_chunks(part, language))
+    results = raise_for_failed_chunks(outputs)
     transcript = stitch_chunks(chunks, [transcript_from_dict(r["transcript"]) for r in results])
+    if language:
+        transcript = replace(transcript, language=language)
     return {
         "transcript": transcript_to_dict(transcript),
         "device": results[0]["device"] if results else "none",
         "seconds": time.perf_counter() - started,
         "gpu_seconds": sum(float(r.get("seconds", 0.0)) for r in results),
         "chunks": len(chunks),
+        "language": language,
+        "language_probability": detected.get("probability"),
     }
 
 

@@ -20,7 +20,7 @@ from dhgq.cli.common import JsonOption, connected, emit_json, fail, seconds, set
 from dhgq.db import database_url
 from dhgq.errors import PermanentError
 from dhgq.media.export import FORMATS, render
-from dhgq.settings import STAGES
+from dhgq.settings import STAGES, Settings
 from dhgq.status import (
     QueueSnapshot,
     SourceDetail,
@@ -384,7 +384,19 @@ def cancel(ctx: typer.Context, source: SourceArgument, json_output: JsonOption =
     with connected(ctx) as conn:
         found = str(sources.resolve(conn, source)["id"])
         cancelled = {found: sources.cancel(conn, found)}
+    _cancel_modal_calls(settings_of(ctx), found)
     _report("cancelled", cancelled, json_output, "cancelled {n} stage(s) of {id}", "nothing to cancel for {id}")
+
+
+def _cancel_modal_calls(settings: Settings, source_id: str) -> None:
+    """The source's Modal calls left open by a worker that stopped (a live worker cancels its own)."""
+    from dhgq import gpu
+
+    if gpu.modal_credentials() is None:
+        return
+    cancelled = gpu.cancel_open_calls(settings, source_id)
+    if cancelled:
+        stderr.print(f"cancelled {cancelled} Modal call(s) left running for {source_id}")
 
 
 def _report(key: str, counts: dict[str, int], json_output: bool, done: str, nothing: str) -> None:

@@ -153,3 +153,40 @@ SELECT st.source_id, src.name, st.stage, st.error AS reason, j.scheduled_at AS n
 -- name: budget_today
 SELECT coalesce(sum(cost_usd), 0) FROM dhgq.ledger
  WHERE created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+
+-- name: ledger_remote_call
+-- The Modal call a GPU row stands for, once spawned: what a later worker or `dhgq cancel` cancels.
+UPDATE dhgq.ledger SET remote_call_id = %(call_id)s WHERE id = %(id)s;
+
+-- name: ledger_open_remote_calls
+-- Modal calls still open for a source (and stage): their worker stopped before they ended.
+SELECT id, remote_call_id, request ->> 'function' AS function FROM dhgq.ledger
+ WHERE source_id = %(source_id)s AND (%(stage)s::text IS NULL OR stage = %(stage)s)
+   AND status = 'started' AND remote_call_id IS NOT NULL
+ ORDER BY id;
+
+-- name: ledger_close_abandoned
+UPDATE dhgq.ledger
+   SET status = 'failed', finished_at = now(),
+       error = 'cancelled: the worker that waited on this Modal call stopped before it ended'
+ WHERE id = %(id)s AND status = 'started';
+
+-- name: ledger_orphaned_remote_calls
+-- Modal calls still open although their stage is no longer processing (cancelled, failed, or queued
+-- again after its worker stopped) and at least a minute old: nobody will wait on them.
+SELECT l.id, l.remote_call_id, l.request ->> 'function' AS function
+  FROM dhgq.ledger l
+  JOIN dhgq.audio_processing_stages st ON st.source_id = l.source_id AND st.stage = l.stage
+ WHERE l.status = 'started' AND l.remote_call_id IS NOT NULL AND st.status <> 'processing'
+   AND l.created_at < now() - interval '1 minute'
+ ORDER BY l.id
+ LIMIT 100;
+
+-- name: gpu_budget_basis
+-- What a Modal stage's budget estimate is made of: the source's audio length, and the GPU seconds per
+-- second of audio of the stage's recent successful calls (NULL before there are any).
+SELECT (SELECT audio_duration_seconds FROM public.sources_google WHERE id = %(source_id)s) AS duration,
+       (SELECT avg(recent.gpu_seconds / nullif((recent.request ->> 'audio_s')::numeric, 0))
+          FROM (SELECT gpu_seconds, request FROM dhgq.ledger
+                 WHERE kind = 'gpu' AND stage = %(stage)s AND status = 'succeeded' AND gpu_seconds IS NOT NULL
+                 ORDER BY id DESC LIMIT 50) recent) AS rate;

@@ -15,8 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from dhgq import budget
 from dhgq.gpu import AudioInput
+from dhgq.ledger import gpu_estimate_usd
 from dhgq.pipeline import MediaProgress, report_progress
+from dhgq.queries import query
 from dhgq.runner import HostFunction
 from dhgq.stage import Resources, Source, StageJob
 from dhgq.versions import backend_name
@@ -64,3 +67,28 @@ def run_model(
         audio=audio,
         **options,
     )
+
+
+def held_for_gpu_budget(resources: Resources, job: StageJob) -> bool:
+    """Whether the budget holds this model stage back: only on Modal, where it is a paid GPU call (its row
+    then says ``waiting_budget``, and why). The estimate is the audio's length times the GPU seconds per
+    audio second of the stage's recent calls in the ledger (a generous default before there are any)."""
+    settings = resources.settings
+    if backend_name(settings) != "modal":
+        return False
+    with resources.pool.connection() as conn:
+        row = conn.execute(query("gpu_budget_basis"), {"source_id": job.source_id, "stage": job.stage}).fetchone()
+    duration, rate = row if row is not None else (None, None)
+    estimate = gpu_estimate_usd(settings, job.stage, float(duration or 0), float(rate) if rate else None)
+    reason = budget.gate(
+        resources.pool,
+        source_id=job.source_id,
+        stage=job.stage,
+        job_id=job.job_id,
+        estimate_usd=estimate,
+        what=f"this {job.stage} on Modal",
+        recheck_seconds=settings.budget_recheck_seconds,
+    )
+    if reason is not None:
+        logger.info("waiting for budget: %s", reason, extra=job.log)
+    return reason is not None

@@ -23,8 +23,8 @@ from dhgq.queries import query
 from dhgq.reuse import copy_document, copy_segments
 from dhgq.settings import Settings
 from dhgq.stage import Identity, Origin, Resources, Reuse, Source, StageJob, StageSpec
-from dhgq.tasks import extraction, run
-from dhgq.tasks.audio import extracted_audio, run_model
+from dhgq.tasks import extraction, job_of, run
+from dhgq.tasks.audio import extracted_audio, held_for_gpu_budget, run_model
 from dhgq.tasks.fanin import after_transcription_or_diarization
 from dhgq.tasks.segments import replace_segments
 from dhgq.versions import backend_name, code_version, modal_app_version, packages, whisper_model_version
@@ -123,4 +123,7 @@ SPEC = StageSpec(
 
 @app.task(name="dhgq.transcription", queue="transcription", pass_context=True)
 def transcription(context: JobContext, source_id: str) -> None:
+    resources, job = job_of(context, "transcription", source_id)
+    if held_for_gpu_budget(resources, job):
+        return  # the job ends without failing; the stage row waits, and a later job checks again
     run(context, SPEC, source_id)

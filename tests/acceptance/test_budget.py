@@ -244,3 +244,33 @@ def test_budget_command_line(dhgq: Any) -> None:
     bad = CliRunner().invoke(app, ["budget", "set", "--daily", "-1"])
     assert bad.exit_code == 2
     assert CliRunner().invoke(app, ["budget", "set"]).exit_code == 2
+
+
+def test_a_zero_daily_cap_holds_modal_gpu_stages_before_any_call(
+    db_url: str, talk: Path, tmp_path: Path, dhgq: Any
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.support.pipeline import insert_source
+
+    source_id = insert_source(db_url, talk)
+    env = worker_env(db_url, tmp_path)
+    command = [sys.executable, "-m", "dhgq", "worker", "--once"]
+    subprocess.run([*command, "--queue", "extraction"], env=env, check=True, capture_output=True, timeout=300)
+    dhgq("budget", "set", "--daily", "0", "--json")
+    # Modal "configured" with a token that would be refused: any call to Modal would fail the stage
+    modal_env = env | {"DHGQ_GPU_BACKEND": "modal", "MODAL_TOKEN_ID": "ak-test", "MODAL_TOKEN_SECRET": "as-test"}
+    models = [*command, "--queue", "transcription", "--queue", "diarization"]
+    subprocess.run(models, env=modal_env, check=True, capture_output=True, timeout=300)
+    statuses = stage_statuses(db_url, source_id)
+    assert statuses["transcription"] == statuses["diarization"] == "waiting_budget"
+    reasons = rows(
+        db_url,
+        "SELECT stage, error FROM dhgq.audio_processing_stages WHERE source_id = %s AND status = 'waiting_budget'",
+        (source_id,),
+    )
+    assert all(
+        "daily budget $0.00 reached" in reason and f"this {stage} on Modal" in reason for stage, reason in reasons
+    )
+    assert scalar(db_url, "SELECT count(*) FROM dhgq.ledger WHERE kind = 'gpu'") == 0  # no GPU call was made

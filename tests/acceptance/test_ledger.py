@@ -364,3 +364,79 @@ def test_process_makes_a_batch_per_run(db_url: str, tmp_path: Path, monkeypatch:
     again = CliRunner().invoke(app, ["process", str(talks), "--json"])  # nothing new: no empty batch
     assert json.loads(again.stdout)["batch_id"] is None
     assert scalar(db_url, "SELECT count(*) FROM processing_batches") == 1
+
+
+class CancelledCalls:
+    """modal.FunctionCall.from_id as far as dhgq cancels left-open calls: the call's ``cancel``, recorded."""
+
+    def __init__(self) -> None:
+        self.cancelled: list[tuple[str, bool]] = []
+
+    def from_id(self, call_id: str, *args: Any, **kwargs: Any) -> Any:
+        outer = self
+
+        class Call:
+            object_id = call_id
+
+            def cancel(self, terminate_containers: bool = False) -> None:
+                outer.cancelled.append((call_id, terminate_containers))
+
+        return Call()
+
+
+def left_open(db_url: str, source_id: str, stage: str, call_id: str, function: str, age: str = "0 seconds") -> int:
+    """A GPU call's ledger row as a worker killed mid-call leaves it: started, spawned, never finished."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute(
+            "INSERT INTO dhgq.ledger (kind, provider, model, fingerprint, source_id, stage, request, remote_call_id, "
+            "created_at) VALUES ('gpu', 'modal', %s, %s, %s, %s, %s, %s, now() - %s::interval) RETURNING id",
+            (f"{function}:local", call_id, source_id, stage, Jsonb({"function": function}), call_id, age),
+        ).fetchone()
+    return int(row[0])
+
+
+def test_calls_a_stopped_worker_left_running_are_cancelled(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import modal
+
+    source_id = str(scalar(db_url, "INSERT INTO sources_google (name, path) VALUES ('t', '/t.wav') RETURNING id"))
+    recorder = CancelledCalls()
+    monkeypatch.setattr(modal.FunctionCall, "from_id", recorder.from_id)
+    monkeypatch.setattr(modal.Cls, "from_name", lambda app_name, name: FakeRemote(3.0))
+    settings = Settings(database_url=db_url, home=tmp_path, modal_gpu="A10G")
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(16000, dtype=np.float32), 16000)
+
+    # the next attempt of the stage cancels what the killed worker's attempt left running, then spawns its own
+    earlier = left_open(db_url, source_id, "diarization", "fc-killed-worker", "Diarizer.diarize")
+    gpu.ModalBackend(settings).diarize(gpu.AudioInput(source_id, 1.0, path=str(wav)))
+    assert recorder.cancelled == [("fc-killed-worker", True)]
+    ledger_rows = dict(
+        rows(db_url, "SELECT remote_call_id, status FROM dhgq.ledger WHERE source_id = %s", (source_id,))
+    )
+    assert ledger_rows == {"fc-killed-worker": "failed", "fc-fake": "succeeded"}  # the new call's id is recorded
+    error = scalar(db_url, "SELECT error FROM dhgq.ledger WHERE id = %s", (earlier,))
+    assert "stopped before it ended" in error
+
+    # dhgq cancel: the source's open calls, a coordinator gently (it cancels its own chunk calls)
+    left_open(db_url, source_id, "transcription", "fc-coordinator", "transcribe_long")
+    monkeypatch.setenv("DHGQ_DATABASE_URL", db_url)
+    monkeypatch.setenv("DHGQ_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-test")
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-test")
+    result = CliRunner().invoke(app, ["cancel", source_id])
+    assert result.exit_code == 0, result.stderr
+    assert recorder.cancelled[-1] == ("fc-coordinator", False) and "1 Modal call" in result.stderr
+
+    # the workers' recovery round: open calls whose stage nobody runs any more, a minute old
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO dhgq.audio_processing_stages (source_id, stage, status) VALUES (%s, 'transcription', "
+            "'failed') ON CONFLICT (source_id, stage) DO UPDATE SET status = 'failed'",
+            (source_id,),
+        )
+    left_open(db_url, source_id, "transcription", "fc-orphan", "Transcriber.transcribe", age="2 minutes")
+    left_open(db_url, source_id, "transcription", "fc-just-spawned", "Transcriber.transcribe")
+    assert gpu.cancel_open_calls(settings, None) == 1
+    assert recorder.cancelled[-1] == ("fc-orphan", True)

@@ -1,12 +1,16 @@
 """Modal calls that stop billing: spawned, awaited in slices, cancelled on the stage's time limit,
 and cancelled by the model host's parent when it kills the child that waited on them.
 
-The FunctionCall is a stand-in (Modal's cloud cannot be reached); the waiting loop, the model host
-and its child process are the real ones.
+The FunctionCall is a stand-in (Modal's cloud cannot be reached) that raises what modal's client
+raises (``modal/_functions.py``, ``_Invocation.poll_function``: Python's own ``TimeoutError`` while the
+call runs, ``OutputExpiredError`` when its output is gone); the waiting loop, the model host and its
+child process are the real ones.
 """
 
 from __future__ import annotations
 
+import builtins
+import inspect
 import time
 from pathlib import Path
 from typing import Any
@@ -23,15 +27,20 @@ from dhgq.settings import Settings
 class PendingCall:
     """A spawned call that finishes after ``seconds`` (never, when None), as ``FunctionCall.get`` behaves."""
 
-    def __init__(self, seconds: float | None, output: Any = None, error: BaseException | None = None) -> None:
+    def __init__(
+        self, seconds: float | None, output: Any = None, error: BaseException | None = None, lost: int = 0
+    ) -> None:
         self.object_id, self.done_at = "fc-test", None if seconds is None else time.monotonic() + seconds
-        self.output, self.error, self.cancels, self.waits = output, error, [], []
+        self.output, self.error, self.cancels, self.waits, self.lost = output, error, [], [], lost
 
     def get(self, timeout: float | None = None) -> Any:
         self.waits.append(timeout)
+        if self.lost:  # the client lost its connection to Modal for this poll
+            self.lost -= 1
+            raise mx.ConnectionError("Deadline exceeded")
         if self.done_at is None or time.monotonic() + (timeout or 0) < self.done_at:
             time.sleep(timeout or 0)
-            raise mx.TimeoutError()
+            raise TimeoutError()  # as modal 1.x's poll_function: the builtin, not modal.exception.TimeoutError
         time.sleep(max(0.0, self.done_at - time.monotonic()))
         if self.error is not None:
             raise self.error
@@ -55,11 +64,34 @@ def test_a_call_past_the_time_limit_is_cancelled() -> None:
     assert time.monotonic() - started < 2 and call.cancels == [True]
 
 
-def test_the_remote_s_own_errors_pass_and_cancel_nothing() -> None:
+def test_the_stand_in_raises_what_modal_raises_while_a_call_runs() -> None:
+    """modal's poll_function raises ``TimeoutError()`` with no such name imported: Python's own class."""
+    import modal._functions as functions
+
+    assert "raise TimeoutError()" in inspect.getsource(functions._Invocation.poll_function)
+    assert vars(functions).get("TimeoutError", builtins.TimeoutError) is builtins.TimeoutError
+    with pytest.raises(builtins.TimeoutError):
+        PendingCall(None).get(timeout=0.01)
+
+
+def test_the_remote_s_own_errors_pass_and_the_call_is_left_cancelled() -> None:
     call = PendingCall(0.0, error=mx.FunctionTimeoutError("the function ran past its timeout"))
     with pytest.raises(mx.FunctionTimeoutError):
         gpu.wait_for(call, time.monotonic() + 5, "transcription", poll=0.1)
-    assert call.cancels == []
+    assert call.cancels == [True]  # a no-op on a finished call; never an abandoned one
+
+
+def test_a_lost_connection_waits_on_the_same_call_again() -> None:
+    call = PendingCall(0.3, output={"ok": 2}, lost=2)
+    assert gpu.wait_for(call, time.monotonic() + 10, "diarization", poll=0.1) == {"ok": 2}
+    assert call.cancels == [] and len(call.waits) >= 3  # re-attached: no second call, nothing cancelled
+
+
+def test_a_coordinator_is_cancelled_gently_so_it_cancels_its_chunks() -> None:
+    call = PendingCall(None)
+    with pytest.raises(StageTimeout):
+        gpu.wait_for(call, time.monotonic() + 0.2, "transcription", poll=0.1, terminate=False)
+    assert call.cancels == [False]
 
 
 def test_the_cold_start_allowance_is_added_to_model_stages_on_modal() -> None:

@@ -108,13 +108,76 @@ def test_transcribe_long_splits_fans_out_and_stitches(talk: Reference) -> None:
 
 
 def test_transcribe_long_reports_failed_chunks(talk: Reference) -> None:
-    def flaky(chunks: object) -> list[object]:
+    def flaky(chunks: object, language: str | None) -> list[object]:
         return [TransientError("GPU went away")] + [PermanentError("bad")] * (len(chunks) - 1)  # type: ignore[arg-type]
 
     with pytest.raises(TransientError, match=r"of \d+ chunks failed \(chunk 0: GPU went away\)"):
         app.run_long_transcription(talk.audio.read_bytes(), flaky, max_chunk=15.0)
     with pytest.raises(PermanentError, match="chunks failed"):
-        app.run_long_transcription(talk.audio.read_bytes(), lambda c: [PermanentError("x")] * len(c), 15.0)
+        app.run_long_transcription(talk.audio.read_bytes(), lambda c, _: [PermanentError("x")] * len(c), 15.0)
+
+
+def test_a_long_talk_s_language_is_told_once_and_every_chunk_decoded_in_it(talk: Reference) -> None:
+    asked: list[int] = []
+    decoded_in: list[str | None] = []
+    text = {"text": "hola", "language": "xx", "segments": [], "model": "turbo", "engine": "openai-whisper"}
+
+    def detect(snippets: list[bytes]) -> dict[str, object]:
+        asked.append(len(snippets))
+        return {"language": "es", "probability": 0.93}
+
+    def run(chunks: object, language: str | None) -> list[object]:
+        decoded_in.extend([language] * len(chunks))  # type: ignore[arg-type]
+        return [{"transcript": text | {"duration_seconds": 15.0}, "device": "stand-in", "seconds": 1.0}] * len(chunks)  # type: ignore[arg-type]
+
+    output = app.run_long_transcription(talk.audio.read_bytes(), run, max_chunk=15.0, detect=detect)
+    assert asked == [3] and output["chunks"] >= 4  # once per talk, from its start, middle and end
+    assert decoded_in == ["es"] * output["chunks"]
+    assert output["language"] == "es" and output["language_probability"] == 0.93
+    assert transcript_from_dict(output["transcript"]).language == "es"
+    decoded_in.clear()
+    app.run_long_transcription(talk.audio.read_bytes(), run, max_chunk=15.0, language="de", detect=detect)
+    assert asked == [3] and set(decoded_in) == {"de"}  # a language asked for is never second-guessed
+
+
+def test_the_transcriber_tells_the_language_through_local(talk: Reference) -> None:
+    transcriber = app.Transcriber(engine="faster-whisper", model="tiny.en")
+    told = transcriber.detect_language.local([talk.audio.read_bytes()])  # type: ignore[attr-defined]
+    assert told == {"language": "en", "probability": 1.0}  # an English-only model knows one language
+
+
+class SpawnedChunk:
+    """A spawned chunk call as modal's FunctionCall behaves: ``get`` waits for the output; a cancelled
+    coordinator sees ``InputCancellation`` (a BaseException) raised into it while it waits."""
+
+    def __init__(self, index: int, cancelled_at: int) -> None:
+        self.index, self.cancelled_at, self.cancels = index, cancelled_at, []
+
+    def get(self, timeout: float | None = None) -> object:
+        if self.index == self.cancelled_at:
+            from modal.exception import InputCancellation
+
+            raise InputCancellation("the coordinator's input was cancelled")
+        return {"index": self.index}
+
+    def cancel(self, terminate_containers: bool = False) -> None:
+        self.cancels.append(terminate_containers)
+
+
+def test_a_cancelled_coordinator_cancels_its_chunk_calls() -> None:
+    from modal.exception import InputCancellation
+
+    spawned: list[SpawnedChunk] = []
+
+    class Method:
+        def spawn(self, chunk: bytes, **kwargs: object) -> SpawnedChunk:
+            spawned.append(SpawnedChunk(len(spawned), cancelled_at=1))
+            return spawned[-1]
+
+    run = app.fan_out(Method(), local=False, language="en")
+    with pytest.raises(InputCancellation):
+        run([b"a", b"b", b"c"])
+    assert [call.cancels for call in spawned] == [[True], [True], [True]]
 
 
 @pytest.mark.slow
@@ -155,7 +218,7 @@ def test_a_failed_transcription_chunk_runs_once_more(talk: Reference) -> None:
     calls: list[int] = []
     text = {"text": "hello", "language": "en", "segments": [], "model": "turbo", "engine": "openai-whisper"}
 
-    def flaky(chunks: object) -> list[object]:
+    def flaky(chunks: object, language: str | None) -> list[object]:
         calls.append(len(chunks))  # type: ignore[arg-type]
         done = {"transcript": text | {"duration_seconds": 15.0}, "device": "stand-in", "seconds": 2.0}
         return [TransientError("lost") if len(calls) == 1 and i == 1 else done for i in range(len(chunks))]  # type: ignore[arg-type]

@@ -105,6 +105,14 @@ class FasterWhisperEngine:
         # same features, a block at a time: memory stays flat however long the talk
         self._model.feature_extractor = BlockwiseFeatureExtractor(**self._model.feat_kwargs)
 
+    def language_probabilities(self, wav_path: Path) -> list[tuple[str, float]]:
+        """The most probable languages of the first 30 s (an English-only model knows one)."""
+        if not self._model.model.is_multilingual:
+            return [("en", 1.0)]
+        audio = load_audio(wav_path)[: 30 * SAMPLE_RATE]
+        _language, _probability, ranked = self._model.detect_language(audio=audio)
+        return [(code, float(probability)) for code, probability in ranked[:5]]
+
     def transcribe(
         self, wav_path: Path, *, language: str | None = None, progress: Progress | None = None
     ) -> Transcript:
