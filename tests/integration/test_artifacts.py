@@ -242,3 +242,35 @@ def test_the_cache_evicts_least_recently_used_but_never_a_file_in_use(tmp_path: 
     with pytest.raises(ArtifactMissing, match="corrupt"):
         with cache.use(artifacts[1], download_of(b"x" * 100)):
             pass
+
+
+def test_a_modal_stage_hands_the_gpu_function_signed_urls_from_any_machine(
+    storage_stack: StorageStack, gateway_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Extraction on machine A; the model stage's input on machine B, with Modal: URLs, not a file."""
+    from dhgq.media.extraction.extract import extract_audio
+    from dhgq.stage import Resources, Source, StageJob
+    from dhgq.tasks.audio import extracted_audio
+    from modal_gpu.bodies import fetch_audio
+    from tests.support.speech import TWO_SPEAKER_SCRIPT, dialogue
+
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-test")  # Modal "configured": no call is made here
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-test")
+    a = machine(tmp_path, "machine-a", gateway_url, storage_stack)
+    b = machine(tmp_path, "machine-b", gateway_url, storage_stack, gpu_backend="modal")
+    talk = dialogue(TWO_SPEAKER_SCRIPT[:2], tmp_path / "talk.wav").audio
+    store_a, source_id = store_for(a), str(uuid.uuid4())
+    with store_a.staging(source_id) as folder:
+        out = extract_audio(talk, folder, stem="audio")
+        artifacts = {
+            "audio": store_a.put(source_id, "audio", Path(out.wav_path), "audio/wav"),
+            "compact": store_a.put(source_id, "compact", Path(str(out.compact_path)), "audio/ogg"),
+        }
+    source = Source(source_id, "talk", "/talk.wav", None, out.probe.duration_seconds, artifacts=artifacts)
+    resources = Resources(b, pool=None)  # type: ignore[arg-type]  # the input step reads no rows
+    with extracted_audio(resources, source, StageJob("transcription", source_id, 1, 1)) as audio:
+        assert audio.path is None and len(audio.urls) == 1  # the compact copy, by URL
+    assert not (tmp_path / "machine-b").exists()  # machine B touched no disk of its own
+    payload, seconds = modal_payload(audio)
+    wav = fetch_audio(payload)  # what the GPU function does with it: fetch, decode to 16 kHz WAV
+    assert wav[:4] == b"RIFF" and abs((len(wav) - 44) / 32000 - seconds) < 0.2
