@@ -22,6 +22,7 @@ from dhgq.errors import ConfigurationError, PermanentError, TransientError
 from dhgq.fetch.files import Fetched, target_name
 from dhgq.fetch.http import download
 from dhgq.fetch.keys import check_object_key, parse_storage_uri
+from dhgq.netguard import Guard
 from dhgq.settings import Settings
 
 __all__ = ["download_object", "parse_storage_uri", "signed_url", "storage_client", "upload_file"]
@@ -58,7 +59,13 @@ def download_object(uri: str, scratch: Path, settings: Settings) -> Fetched:
     url = signed_url(settings, bucket, key, uri=uri)
     target = scratch / target_name(key)
     sha256, size = download(
-        url, target, source=uri, max_bytes=settings.max_source_bytes, timeout=settings.fetch_timeout
+        url,
+        target,
+        source=uri,
+        max_bytes=settings.max_source_bytes,
+        timeout=settings.fetch_timeout,
+        guard=Guard(settings.allow_private_hosts, "redirect to"),
+        trusted=True,
     )
     return Fetched(target, sha256, size, remote=True, metadata={"bucket": bucket, "key": key})
 
