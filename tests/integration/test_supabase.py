@@ -45,8 +45,14 @@ DOMAIN_TABLES = {
     "presentations",
     "presentation_assets",
     "processing_jobs",
+    "webhook_signing_keys",
 }
-USER_FUNCTIONS = {"dhgq_cancel_request_v1", "dhgq_retry_request_v1"}
+USER_FUNCTIONS = {
+    "dhgq_cancel_request_v1",
+    "dhgq_retry_request_v1",
+    "dhgq_rotate_webhook_secret_v1",
+    "dhgq_redeliver_webhook_v1",
+}
 
 # name -> a query listing the offenders; each is one of the Security Advisor's security lints,
 # written for this suite (stricter where noted).
