@@ -148,7 +148,3 @@ class Guard:
                 return True
         return False
 
-
-def check_public_url(url: str, allowed: tuple[str, ...] = (), *, what: str = "URL") -> None:
-    """Raise PermanentError unless ``url`` is http(s) and every address its host resolves to may be reached."""
-    Guard(allowed, what).check_url(url)
