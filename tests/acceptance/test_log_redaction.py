@@ -56,6 +56,7 @@ def test_logs_and_rows_carry_no_credentials(storage_stack: StorageStack, gateway
             DHGQ_SUPABASE_SERVICE_KEY=storage_stack.service_key(),
             DHGQ_ALLOW_PRIVATE_HOSTS='["127.0.0.1"]',
             DHGQ_WEBHOOK_SECRET="whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY",
+            DHGQ_WEBHOOK_RETRY_SCHEDULE="[0]",  # the retry at once, in this run
             DHGQ_LOG_LEVEL="DEBUG",
         )
         done = run_once(env)
