@@ -147,4 +147,3 @@ class Guard:
             if address.version == network.version and address in network:
                 return True
         return False
-
