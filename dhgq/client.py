@@ -31,7 +31,10 @@ from supabase import Client
 
 DONE = frozenset({"completed", "failed", "cancelled"})
 PAGE = 1000  # rows per request: Supabase's Data API returns at most 1,000 by default
-JOB_COLUMNS = "id,status,file_path,options,source_id,error,result,created_at,updated_at,completed_at"
+JOB_COLUMNS = (
+    "id,status,file_path,options,source_id,error,result,created_at,updated_at,completed_at,"
+    "callback_status,callback_attempts,callback_error"
+)
 
 
 class DhgqClientError(Exception):
@@ -51,6 +54,8 @@ class Job:
     result: dict[str, Any] | None
     created_at: str
     completed_at: str | None
+    callback_status: str | None = None  # the webhook's: queued, delivering, retrying, delivered, failed
+    callback_error: str | None = None
 
     @property
     def done(self) -> bool:
@@ -68,6 +73,8 @@ class Job:
             result=row.get("result"),
             created_at=str(row.get("created_at") or ""),
             completed_at=str(row["completed_at"]) if row.get("completed_at") else None,
+            callback_status=row.get("callback_status"),
+            callback_error=row.get("callback_error"),
         )
 
 
@@ -160,6 +167,20 @@ class DhgqClient:
 
     def retry(self, job_id: str) -> Job:
         return Job.from_row(_row(self.supabase.rpc("dhgq_retry_request_v1", {"request_id": job_id}).execute().data))
+
+    # --- webhooks -------------------------------------------------------------------------------
+
+    def rotate_webhook_secret(self) -> str:
+        """A new webhook signing secret (``whsec_...``), shown this once: keep it where your receiver reads it.
+
+        Your requests' callbacks are signed with it (Standard Webhooks); the previous one signs too for a day.
+        """
+        return str(self.supabase.rpc("dhgq_rotate_webhook_secret_v1", {}).execute().data)
+
+    def redeliver_webhook(self, job_id: str) -> Job:
+        """Send a request's latest webhook again (once it was delivered or finally failed)."""
+        rpc = self.supabase.rpc("dhgq_redeliver_webhook_v1", {"request_id": job_id})
+        return Job.from_row(_row(rpc.execute().data))
 
     # --- waiting --------------------------------------------------------------------------------
 

@@ -4,7 +4,9 @@ It is a real server (Debian's or any other PostgreSQL binaries on the machine, e
 shipped in the ``pgserver`` wheel), kept under ``DHGQ_HOME/pg`` and left running between dhgq
 processes: the first process starts it, the next ones find it and reuse it. A file lock makes
 starting safe from several processes at once. PostgreSQL refuses to run as root, so as root the
-server runs as an unprivileged system user.
+server runs as an unprivileged system user, which reaches ``DHGQ_HOME/pg`` (0700, its own) through
+an ACL entry for it alone on the parents it could not pass (``dhgq/traversal.py``): no parent of
+DHGQ_HOME is opened to the machine's other accounts.
 
 Every connection needs the superuser's password (scram-sha-256): initdb sets a random one, kept in
 ``DHGQ_HOME/pg/password`` (mode 0600, readable by the user running dhgq only), so other users of the
@@ -34,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from dhgq.errors import ConfigurationError, DatabaseUnavailable
+from dhgq.traversal import grant_traversal
 
 if TYPE_CHECKING:
     import psycopg
@@ -41,6 +44,7 @@ if TYPE_CHECKING:
 DATABASE_NAME = "dhgq"
 SUPERUSER = "postgres"
 SERVICE_USERS = ("postgres", "dhgq")
+PRIVATE_DIR = 0o700
 AUTH_METHOD = "scram-sha-256"
 
 
@@ -214,7 +218,7 @@ class EmbeddedServer:
 
     def _initdb(self, user: pwd.struct_passwd | None) -> None:
         """A new data directory whose superuser has a random password (stored first: a crash leaves no orphan)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        _private_dirs(self.root)
         if user is not None:
             _make_traversable(self.root, user)
         password = secrets.token_urlsafe(24)
@@ -302,7 +306,7 @@ class EmbeddedServer:
 
     def _run(self, cmd: list[str], user: pwd.struct_passwd | None, what: str) -> None:
         if user is not None:  # the binaries may sit in a venv below a private directory
-            _allow_traversal(Path(cmd[0]).parent)
+            grant_traversal(Path(cmd[0]).parent, user)
         result = subprocess.run(
             cmd,
             capture_output=True,
@@ -332,7 +336,7 @@ class EmbeddedServer:
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
+        _private_dirs(self.root)
         with open(self.root / "server.lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -437,17 +441,17 @@ def _service_user() -> pwd.struct_passwd | None:
 
 
 def _make_traversable(path: Path, user: pwd.struct_passwd) -> None:
-    """Let the service user reach ``path``: own it, and allow traversal (x only) of its parents."""
+    """Let the service user reach ``path``: own it (0700), and pass through its parents, it alone (an ACL
+    entry where it could not: dhgq/traversal.py); no parent is opened to other users."""
     os.chown(path, user.pw_uid, user.pw_gid)
-    _allow_traversal(path.parent)
+    path.chmod(PRIVATE_DIR)
+    grant_traversal(path.parent, user)
 
 
-def _allow_traversal(path: Path) -> None:
-    """Add search permission (x only, no listing) for others on ``path`` and its parents."""
-    for directory in (path, *path.parents):
-        mode = directory.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            directory.chmod(mode | stat.S_IXOTH)
+def _private_dirs(path: Path) -> None:
+    """``path`` and the parents it lacks, created for their owner only (0700)."""
+    for directory in reversed([p for p in (path, *path.parents) if not p.exists()]):
+        directory.mkdir(mode=PRIVATE_DIR, exist_ok=True)
 
 
 def _demote(user: pwd.struct_passwd | None) -> Callable[[], None] | None:

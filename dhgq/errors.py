@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from dhgq.redact import redact
+
 ErrorClass = Literal["transient", "permanent", "cancelled"]
 
 
@@ -25,10 +27,11 @@ class DhgqError(Exception):
         stage: str | None = None,
         file: str | None = None,
     ) -> None:
-        self.message = message or (self.__doc__ or "").strip()
+        # redacted here, so that no stage row, log line or CLI message shows a signed URL's token
+        self.message = redact(message or (self.__doc__ or "").strip())
         self.source_id = source_id
         self.stage = stage
-        self.file = file
+        self.file = redact(file) if file else file
         super().__init__(self.message)
 
     def __reduce__(self) -> tuple:
@@ -41,7 +44,7 @@ class DhgqError(Exception):
         """Fill in context that the raising code did not know (it stays if already set)."""
         self.source_id = self.source_id or source_id
         self.stage = self.stage or stage
-        self.file = self.file or file
+        self.file = self.file or (redact(file) if file else file)
         return self
 
     def __str__(self) -> str:

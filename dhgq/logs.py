@@ -1,4 +1,9 @@
-"""Structured logs: every record carries the job and source ids it is about, as text or JSON."""
+"""Structured logs: every record carries the job and source ids it is about, as text or JSON.
+
+Every line is redacted (``dhgq.redact``) on its way out: a signed URL, a callback URL's query or
+credentials, an Authorization header or a JWT never reaches the log, whoever logged it (httpx
+logs each request's URL at INFO; it is kept at WARNING besides).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,11 @@ import json
 import logging
 import sys
 
+from dhgq.redact import redact
 from dhgq.settings import Settings
 
-CONTEXT_FIELDS = ("source_id", "stage", "job_id", "attempt", "queue")
+CONTEXT_FIELDS = ("source_id", "stage", "job_id", "attempt", "queue", "request_id", "outcome")
+QUIET_LOGGERS = ("procrastinate", "httpx", "httpcore")  # at WARNING at least: their INFO is per request
 
 
 class ContextFormatter(logging.Formatter):
@@ -21,18 +28,18 @@ class ContextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         context = {k: getattr(record, k) for k in CONTEXT_FIELDS if getattr(record, k, None) is not None}
         if self.as_json:
-            return json.dumps(
-                {
-                    "time": self.formatTime(record),
-                    "level": record.levelname,
-                    "logger": record.name,
-                    "message": record.getMessage(),
-                    **context,
-                },
-                default=str,
-            )
+            document = {
+                "time": self.formatTime(record),
+                "level": record.levelname,
+                "logger": record.name,
+                "message": redact(record.getMessage()),
+                **{k: redact(v) if isinstance(v, str) else v for k, v in context.items()},
+            }
+            if record.exc_info:
+                document["exception"] = redact(self.formatException(record.exc_info))
+            return json.dumps(document, default=str)
         line = super().format(record)
-        return line + "".join(f" {k}={v}" for k, v in context.items())
+        return redact(line + "".join(f" {k}={v}" for k, v in context.items()))
 
 
 def configure(settings: Settings) -> None:
@@ -41,4 +48,5 @@ def configure(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
-    logging.getLogger("procrastinate").setLevel(max(logging.WARNING, root.level))
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -10,7 +10,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from dhgq.fetch.storage import parse_storage_uri, upload_file
+from dhgq.errors import PermanentError
+from dhgq.fetch.keys import check_object_key, owner_folder, parse_storage_uri
+from dhgq.fetch.storage import upload_file
 from dhgq.media.export import render
 from dhgq.media.types import Diarization, Summary, Transcript
 from dhgq.settings import Settings
@@ -19,10 +21,21 @@ EXPORTS = {"srt": "application/x-subrip", "vtt": "text/vtt", "json": "applicatio
 
 
 def export_keys(source_key: str) -> dict[str, str]:
-    """Where each export of ``talks/keynote.mp4`` goes: ``talks/keynote.dhgq/keynote.srt`` and so on."""
+    """Where each export of ``talks/keynote.mp4`` goes: ``talks/keynote.dhgq/keynote.srt`` and so on.
+
+    Each key is checked as the source's was, and must lie in the source's own top folder (its
+    owner's): the service key writes anywhere, so nothing but the key keeps an export at home.
+    """
+    uri = f"storage key {source_key!r}"
+    check_object_key(source_key, uri=uri)
     source = PurePosixPath(source_key)
     folder = source.parent / f"{source.stem}.dhgq"
-    return {fmt: str(folder / f"{source.stem}.{fmt}") for fmt in EXPORTS}
+    keys = {fmt: str(folder / f"{source.stem}.{fmt}") for fmt in EXPORTS}
+    for key in keys.values():
+        check_object_key(key, uri=uri)
+        if owner_folder(key) != owner_folder(source_key) and owner_folder(source_key) is not None:
+            raise PermanentError(f"{uri}: its export {key!r} would leave the folder {owner_folder(source_key)!r}")
+    return keys
 
 
 def upload_exports(

@@ -105,6 +105,16 @@ class Settings(BaseSettings):
 
     # Webhooks: a request's callback_url is called when its pipeline completes or fails
     webhook_secret: SecretStr | None = Field(None, description="signs webhook bodies (HMAC-SHA256)")
+    # (issue 23) Standard Webhooks: users' own secrets sign their callbacks; the one above signs only the
+    # callbacks the operator set (service role, CLI). One attempt's total time, and the waits between attempts.
+    webhook_timeout: float = Field(
+        10.0, gt=0, description="seconds one delivery attempt may take in all: connect, send, and the answer's head"
+    )
+    webhook_retry_schedule: tuple[float, ...] = Field(
+        (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0),
+        description="seconds to wait before each retry of a failed delivery (JSON list; its length is the number "
+        "of retries): Standard Webhooks' and Svix's 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h by default",
+    )
 
     # Queues: one worker-side concurrency per stage; the seeds' MAX_CONCURRENT_* defaults, except
     # that transcription and diarization on this machine's CPU (see concurrency()) default to

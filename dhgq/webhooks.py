@@ -1,55 +1,56 @@
 """Webhooks: the signed POST that tells a request's callback URL how the request ended.
 
-The body is JSON (UTF-8, compact, keys sorted)::
+Signed as Standard Webhooks signs (https://www.standardwebhooks.com, the ``standardwebhooks``
+package), so a receiver verifies with that library in any language::
 
-    {"event": "processing_job.completed", "request_id": "...", "source_id": "...",
-     "status": "completed", "error": null, "result": {...}, "completed_at": "...Z", "delivered_at": "...Z"}
+    webhook-id: <request_id>:<outcome>          the same on every attempt: the receiver's idempotency key
+    webhook-timestamp: <unix seconds>            receivers refuse one more than 5 minutes off
+    webhook-signature: v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<raw body>">  (one per key, space-separated)
 
-``event`` is ``processing_job.completed``, ``processing_job.failed`` or ``processing_job.cancelled``.
+The key is the request owner's own secret (``whsec_...``: ``dhgq_rotate_webhook_secret_v1``) when
+they set the callback URL; when the operator set it (the service role, the CLI), Settings'
+``webhook_secret`` if the worker has one, else the owner's. For 24 hours after a rotation the
+previous secret signs too (a second signature in the header). No key, nothing sent: an unsigned
+body could not be told from a forged one.
 
-Signature, as Stripe signs its webhooks: the header ``X-Dhgq-Signature: t=<unix seconds>,v1=<hex>``
-where ``<hex>`` is the HMAC-SHA256, keyed with ``DHGQ_WEBHOOK_SECRET``, of ``"<t>.<raw body>"``.
-A receiver recomputes it over the raw bytes it received (before parsing the JSON), compares in
-constant time, and refuses a ``t`` older than a few minutes (a replayed request); :func:`verify`
-does all three. Without a secret nothing is delivered: an unsigned body could not be told from
-a forged one.
+The body is JSON (UTF-8, compact, keys sorted), in Standard Webhooks' envelope::
 
-``X-Dhgq-Delivery: <request_id>:<outcome>`` is the same on every attempt of one delivery, so a
-receiver that saw it already can answer 2xx and do nothing (a delivery is at least once: a worker
-killed after the receiver answered sends it again).
+    {"type": "processing_job.completed", "timestamp": "...Z",
+     "data": {"request_id": "...", "source_id": "...", "status": "completed", "error": null,
+              "result": {...}, "completed_at": "...Z"}}
 
-A 2xx answer is delivered. 408, 429, 5xx, timeouts and connection errors are transient (the task
-retries with backoff); any other answer, a redirect (never followed: the URL was checked, its
-target was not), a private address or a missing secret are permanent.
+A 2xx answer is delivered. 408, 429, 5xx, timeouts and connection errors are transient (retried on
+Settings' webhook_retry_schedule); any other answer, a redirect (never followed: the URL was
+checked, its target was not), an address that is not public, or no key are permanent. One attempt
+has ``webhook_timeout`` seconds in all: a receiver that trickles its answer is cut off.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from dhgq.errors import PermanentError, TransientError
-from dhgq.netguard import check_public_url
+from dhgq.guarded_http import guarded_client
+from dhgq.netguard import Guard
 from dhgq.settings import Settings
 
-SIGNATURE_HEADER = "X-Dhgq-Signature"
-DELIVERY_HEADER = "X-Dhgq-Delivery"
+ID_HEADER = "webhook-id"
+TIMESTAMP_HEADER = "webhook-timestamp"
+SIGNATURE_HEADER = "webhook-signature"
 USER_AGENT = "dhgq-webhook"
-TIMEOUT_SECONDS = 10.0
-TOLERANCE_SECONDS = 300  # how old a signature verify() accepts
 
 
 class ReceiverUnavailable(TransientError):
-    """The receiver did not answer, or answered 408, 429 or 5xx; try again later."""
+    """The receiver did not answer in time, or answered 408, 429 or 5xx; try again later."""
 
     def __init__(self, message: str | None = None, response_status: int | None = None, **context: str | None) -> None:
         super().__init__(message, **context)
@@ -77,79 +78,106 @@ class Delivery:
     outcome: str  # completed, failed or cancelled
     url: str
     event: Mapping[str, Any]  # source_id, status, error, result, completed_at
+    signer: str = "operator"  # who set the URL: "user" or "operator"
+    owner_secrets: Sequence[str] = field(default=(), repr=False)  # the owner's current secret, then the previous
 
     @property
     def key(self) -> str:
-        """The same on every attempt: the receiver's idempotency key."""
+        """The webhook-id: the same on every attempt and redelivery, the receiver's idempotency key."""
         return f"{self.request_id}:{self.outcome}"
+
+
+def signing_secrets(delivery: Delivery, settings: Settings) -> list[str]:
+    """The keys that sign ``delivery``: whose depends on who set its URL (see the module's docstring)."""
+    operator = settings.webhook_secret.get_secret_value() if settings.webhook_secret is not None else ""
+    if delivery.signer == "operator" and operator:
+        return [operator]
+    if delivery.owner_secrets:
+        return list(delivery.owner_secrets)
+    if delivery.signer == "user":
+        raise PermanentError(
+            "the request's owner has no webhook secret (dhgq_rotate_webhook_secret_v1 makes one): nothing is sent "
+            "unsigned"
+        )
+    raise PermanentError(
+        "neither DHGQ_WEBHOOK_SECRET nor a secret of the request's owner is set: webhooks are only sent signed"
+    )
 
 
 def body(delivery: Delivery, delivered_at: datetime) -> bytes:
     """The JSON body: compact and with sorted keys, so that the bytes signed are the bytes sent."""
     document = {
-        "event": f"processing_job.{delivery.outcome}",
-        "request_id": delivery.request_id,
-        "source_id": delivery.event.get("source_id"),
-        "status": delivery.event.get("status", delivery.outcome),
-        "error": delivery.event.get("error"),
-        "result": delivery.event.get("result"),
-        "completed_at": delivery.event.get("completed_at"),
-        "delivered_at": delivered_at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "type": f"processing_job.{delivery.outcome}",
+        "timestamp": _iso(delivered_at),
+        "data": {
+            "request_id": delivery.request_id,
+            "source_id": delivery.event.get("source_id"),
+            "status": delivery.event.get("status", delivery.outcome),
+            "error": delivery.event.get("error"),
+            "result": delivery.event.get("result"),
+            "completed_at": delivery.event.get("completed_at"),
+        },
     }
     return json.dumps(document, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
-def sign(secret: str, timestamp: int, payload: bytes) -> str:
-    """The X-Dhgq-Signature value: ``t=<timestamp>,v1=<HMAC-SHA256 of "<timestamp>.<payload>">``."""
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
+def signer_of(secret: str) -> Webhook:
+    """Standard Webhooks' signer: a ``whsec_`` secret is base64, anything else is used as its UTF-8 bytes."""
+    return Webhook(secret) if secret.startswith("whsec_") else Webhook(secret.encode())
 
 
-def verify(
-    secret: str, header: str, payload: bytes, *, tolerance: int = TOLERANCE_SECONDS, now: float | None = None
-) -> bool:
-    """A receiver's check: the header signs ``payload`` with ``secret`` and is at most ``tolerance`` seconds old."""
-    fields: dict[str, list[str]] = {}
-    for part in header.split(","):
-        name, _, value = part.strip().partition("=")
-        fields.setdefault(name, []).append(value)
+def headers_for(delivery: Delivery, secrets: Sequence[str], timestamp: int, payload: bytes) -> dict[str, str]:
+    """Standard Webhooks' three headers: one ``v1,<base64>`` signature per secret."""
+    when = datetime.fromtimestamp(timestamp, UTC)
+    return {
+        ID_HEADER: delivery.key,
+        TIMESTAMP_HEADER: str(timestamp),
+        SIGNATURE_HEADER: " ".join(signer_of(secret).sign(delivery.key, when, payload) for secret in secrets),
+    }
+
+
+def verify(secret: str, headers: Mapping[str, str], payload: bytes) -> bool:
+    """A receiver's check, as the standardwebhooks library does it: signature and a 5-minute tolerance."""
     try:
-        timestamp = int(fields["t"][0])
-    except (KeyError, ValueError):
+        signer_of(secret).verify(payload, dict(headers), json_parse=False)
+    except WebhookVerificationError:
         return False
-    if abs((time.time() if now is None else now) - timestamp) > tolerance:
-        return False
-    expected = sign(secret, timestamp, payload).rpartition("v1=")[2]
-    return any(hmac.compare_digest(expected, candidate) for candidate in fields.get("v1", []))
+    return True
 
 
-def deliver(delivery: Delivery, settings: Settings, *, clock: Callable[[], float] = time.time) -> int:
+def deliver(
+    delivery: Delivery,
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    guard: Guard | None = None,
+) -> int:
     """POST the signed body to the delivery's URL once; the 2xx status, or a Transient/PermanentError."""
-    if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value():
-        raise PermanentError("DHGQ_WEBHOOK_SECRET is not set: webhooks are only sent signed")
-    check_public_url(delivery.url, settings.allow_private_hosts, what="webhook")
+    secrets = signing_secrets(delivery, settings)
+    guard = guard or Guard(settings.allow_private_hosts, "webhook")
+    guard.check_url(delivery.url)  # early and clear; the connection is checked again (guarded_http)
     timestamp = int(clock())
     payload = body(delivery, datetime.fromtimestamp(timestamp, UTC))
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
-        DELIVERY_HEADER: delivery.key,
-        SIGNATURE_HEADER: sign(settings.webhook_secret.get_secret_value(), timestamp, payload),
+        **headers_for(delivery, secrets, timestamp, payload),
     }
-    return _judge(_post(delivery.url, payload, headers), delivery.url)
+    return _judge(_post(delivery.url, payload, headers, guard, settings.webhook_timeout), delivery.url)
 
 
-def _post(url: str, payload: bytes, headers: dict[str, str]) -> httpx.Response:
-    """One POST, redirects not followed; the answer's body is not read (only its status counts)."""
+def _post(url: str, payload: bytes, headers: dict[str, str], guard: Guard, seconds: float) -> httpx.Response:
+    """One POST within ``seconds`` in all, redirects not followed; the answer's body is not read."""
     shown = _shown(url)
+    deadline = time.monotonic() + seconds
     try:
         with (
-            httpx.Client(timeout=httpx.Timeout(TIMEOUT_SECONDS), follow_redirects=False) as client,
+            guarded_client(guard, timeout=seconds, deadline=deadline) as client,
             client.stream("POST", url, content=payload, headers=headers) as response,
         ):
             return response
     except httpx.TimeoutException as exc:
-        raise ReceiverUnavailable(f"webhook {shown}: timed out ({type(exc).__name__})") from None
+        raise ReceiverUnavailable(f"webhook {shown}: no answer within {seconds:g} s ({type(exc).__name__})") from None
     except httpx.TransportError as exc:
         raise ReceiverUnavailable(f"webhook {shown}: {type(exc).__name__}: {exc}") from None
     except httpx.InvalidURL as exc:
@@ -172,4 +200,8 @@ def _judge(response: httpx.Response, url: str) -> int:
 def _shown(url: str) -> str:
     """The URL without its query or fragment (which may carry a receiver's token), for messages."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

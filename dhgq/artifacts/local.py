@@ -115,5 +115,6 @@ def link(existing: Path, target: Path) -> Path:
         os.link(existing, temporary)
     except OSError:
         shutil.copyfile(existing, temporary)
+        os.chmod(temporary, 0o600)  # audio is private, as extraction writes it
     temporary.replace(target)
     return target

@@ -6,8 +6,10 @@ waits for it, and the earlier outputs stay readable until the new ones replace t
 are kept in ``dhgq.output_history`` until ``dhgq gc``). A re-run asked for by name computes; one
 asked for by ``--stale`` may copy a current output of the same content (reuse).
 
-``--where`` is the operator's: a boolean SQL expression over ``public.sources_google``'s columns,
-evaluated in a READ ONLY transaction as one prepared statement, so it can select and never change.
+``--where`` is the operator's: a boolean expression over ``public.sources_google``'s columns in a
+small language (``dhgq/where_filter.py``: comparisons with constants, LIKE, IN, BETWEEN, IS NULL,
+AND/OR/NOT, JSON keys), rebuilt as SQL from checked parts; no function, subquery or other table.
+It still runs in a READ ONLY transaction, with a time limit.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dhgq.cli.common import JsonOption, connected, emit_json, stderr, stdout
 from dhgq.cli.pipeline import StageChoice
 from dhgq.errors import PermanentError
 from dhgq.queries import query
+from dhgq.where_filter import compile_filter
 
 WHERE_TIMEOUT = "60s"  # a --where expression that runs longer is cut off
 NOT_READY = "55000"  # object_not_in_prerequisite_state: rerun_v1's "re-run upstream first"
@@ -51,8 +54,9 @@ def rerun(
         str | None,
         typer.Option(
             "--where",
-            help="The sources for which this SQL expression over public.sources_google's columns is true "
-            "(run read-only), e.g. \"created_at > '2026-01-01'\".",
+            help="The sources for which this expression over public.sources_google's columns is true: "
+            "comparisons with constants, LIKE, IN, BETWEEN, IS NULL, AND/OR/NOT, metadata->>'key', now(), "
+            "interval '7 days'; e.g. \"created_at > '2026-01-01' AND name LIKE 'key%'\".",
         ),
     ] = None,
     stage: Annotated[
@@ -130,21 +134,17 @@ def _selected(conn: psycopg.Connection, source: str | None, all_sources: bool, w
 
 
 def where_ids(conn: psycopg.Connection, expression: str) -> list[str]:
-    """The ids of the sources ``expression`` is true for, in a READ ONLY transaction.
-
-    One prepared statement (PostgreSQL refuses a second one inside it) in a read-only transaction
-    with a time limit: the expression can read what the project role reads, and change nothing.
-    """
-    if not expression.strip():
-        raise PermanentError("--where needs an expression, e.g. \"name LIKE 'keynote%'\"")
+    """The ids of the sources ``expression`` is true for (see dhgq/where_filter.py), in a READ ONLY transaction."""
+    columns = {row[0] for row in conn.execute(query("rerun_where_columns"))}
+    condition = compile_filter(expression, columns)  # PermanentError for anything outside the language
     statement = sql.SQL(
         "SELECT id::text FROM public.sources_google WHERE NOT is_deleted AND ({}) ORDER BY created_at, id"
-    ).format(sql.SQL(expression))  # type: ignore[arg-type]  # an operator's SQL, by design
+    ).format(condition)
     try:
         with conn.transaction():
             conn.execute("SET TRANSACTION READ ONLY")
             conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(WHERE_TIMEOUT)))
-            rows = conn.execute(statement, prepare=True).fetchall()
+            rows = conn.execute(statement).fetchall()
     except psycopg.Error as exc:
         raise PermanentError(f"--where {expression!r}: {_first_line(exc)}") from None
     return [row[0] for row in rows]

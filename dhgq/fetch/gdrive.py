@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from dhgq.errors import ConfigurationError, PermanentError, TransientError
 from dhgq.fetch.files import CHUNK, Fetched, target_name
 from dhgq.fetch.http import download
+from dhgq.netguard import Guard
 from dhgq.settings import Settings
 
 DRIVE_SCOPE = "https://www.googleapis.com/auth/drive.readonly"
@@ -95,7 +96,9 @@ def download_drive_file(uri: str, scratch: Path, settings: Settings) -> Fetched:
         source=uri,
         max_bytes=settings.max_source_bytes,
         timeout=settings.fetch_timeout,
-        headers=bearer(token),
+        guard=Guard(settings.allow_private_hosts, "redirect to"),
+        headers=bearer(token),  # to the Drive API's own origin only, never to a host it redirects to
+        trusted=True,
     )
     try:
         verify_download(target, size, meta, source=uri)

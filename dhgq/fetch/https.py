@@ -6,6 +6,7 @@ from pathlib import Path
 
 from dhgq.fetch.files import Fetched, target_name
 from dhgq.fetch.http import download
+from dhgq.netguard import Guard
 from dhgq.settings import Settings
 
 
@@ -17,6 +18,6 @@ def download_url(url: str, scratch: Path, settings: Settings) -> Fetched:
         source=url,
         max_bytes=settings.max_source_bytes,
         timeout=settings.fetch_timeout,
-        guard=settings.allow_private_hosts,
+        guard=Guard(settings.allow_private_hosts, "source"),
     )
     return Fetched(target, sha256, size, remote=True)

@@ -1,9 +1,11 @@
 """``storage://BUCKET/KEY``: Supabase Storage, through supabase-py's storage client (storage3).
 
 The worker acts with the service key (it reads any user's object; users reach only their own
-through Storage's row-level security). An object is fetched through a short-lived signed URL,
-streamed to disk rather than held in memory. The same client uploads what goes back: the compact
-audio the GPU stages fetch by signed URL, and the exports next to the source.
+through Storage's row-level security), so every key is checked before it goes out
+(``keys.check_object_key``: used as written, never percent-decoded). An object is fetched
+through a short-lived signed URL, streamed to disk rather than held in memory. The same client
+uploads what goes back: the compact audio the GPU stages fetch by signed URL, and the exports next
+to the source.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import httpx
 from storage3 import SyncStorageClient
@@ -20,18 +21,13 @@ from storage3.exceptions import StorageApiError, StorageException
 from dhgq.errors import ConfigurationError, PermanentError, TransientError
 from dhgq.fetch.files import Fetched, target_name
 from dhgq.fetch.http import download
+from dhgq.fetch.keys import check_object_key, parse_storage_uri
+from dhgq.netguard import Guard
 from dhgq.settings import Settings
 
+__all__ = ["download_object", "parse_storage_uri", "signed_url", "storage_client", "upload_file"]
+
 SIGNED_URL_SECONDS = 600
-
-
-def parse_storage_uri(uri: str) -> tuple[str, str]:
-    """(bucket, key) of ``storage://BUCKET/KEY``; PermanentError when either is missing."""
-    parts = urlsplit(uri)
-    bucket, key = parts.netloc, unquote(parts.path.lstrip("/"))
-    if parts.scheme != "storage" or not bucket or not key:
-        raise PermanentError(f"{uri}: not a storage://BUCKET/KEY URI", file=uri)
-    return bucket, key
 
 
 @contextmanager
@@ -50,6 +46,7 @@ def storage_client(settings: Settings) -> Iterator[SyncStorageClient]:
 
 def signed_url(settings: Settings, bucket: str, key: str, *, uri: str, seconds: int = SIGNED_URL_SECONDS) -> str:
     """A URL anyone may GET for ``seconds``: how a download, or a remote GPU worker, fetches the object."""
+    check_object_key(key, uri=uri)
     with storage_client(settings) as client, storage_errors(uri):
         url = client.from_(bucket).create_signed_url(key, seconds)["signedURL"]
     if not url:
@@ -62,7 +59,13 @@ def download_object(uri: str, scratch: Path, settings: Settings) -> Fetched:
     url = signed_url(settings, bucket, key, uri=uri)
     target = scratch / target_name(key)
     sha256, size = download(
-        url, target, source=uri, max_bytes=settings.max_source_bytes, timeout=settings.fetch_timeout
+        url,
+        target,
+        source=uri,
+        max_bytes=settings.max_source_bytes,
+        timeout=settings.fetch_timeout,
+        guard=Guard(settings.allow_private_hosts, "redirect to"),
+        trusted=True,
     )
     return Fetched(target, sha256, size, remote=True, metadata={"bucket": bucket, "key": key})
 
@@ -70,6 +73,7 @@ def download_object(uri: str, scratch: Path, settings: Settings) -> Fetched:
 def upload_file(settings: Settings, bucket: str, key: str, path: Path, content_type: str) -> str:
     """Put ``path`` at ``bucket/key`` (replacing what is there); returns its storage:// URI."""
     uri = f"storage://{bucket}/{key}"
+    check_object_key(key, uri=uri)
     with storage_client(settings) as client, storage_errors(uri), path.open("rb") as handle:
         client.from_(bucket).upload(key, handle.read(), {"content-type": content_type, "upsert": "true"})
     return uri

@@ -127,3 +127,18 @@ SELECT extract(epoch FROM min(coalesce(j.scheduled_at, now())) - now())::float8
   FROM audio_processing_stages st
   JOIN procrastinate_jobs j ON j.id::text = st.job_id
  WHERE st.source_id = %(source_id)s AND j.status = 'todo';
+
+-- name: cli_webhooks
+-- Webhook deliveries, newest first; failed ones only with %(failed)s.
+SELECT d.request_id::text, d.outcome, d.status, d.attempts, d.response_status, d.next_attempt_at, d.delivered_at,
+       d.signer, d.last_error, d.updated_at
+  FROM webhook_deliveries d
+ WHERE NOT %(failed)s OR d.status = 'failed'
+ ORDER BY d.updated_at DESC
+ LIMIT %(limit)s;
+
+-- name: cli_webhook_redeliver
+SELECT webhook_redeliver_v1(%(request_id)s::uuid, %(outcome)s);
+
+-- name: cli_webhooks_failed
+SELECT request_id::text, outcome FROM webhook_deliveries WHERE status = 'failed' ORDER BY updated_at;

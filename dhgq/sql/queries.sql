@@ -164,20 +164,28 @@ SELECT count(*) FROM procrastinate_jobs
 
 -- name: claim_webhook
 -- Take a webhook delivery for one attempt, unless it went through already (then no row: a job run
--- again sends nothing twice). The row says 'delivering' until the attempt is recorded.
-UPDATE webhook_deliveries
-   SET status = 'delivering', attempts = attempts + 1
- WHERE request_id = %(request_id)s AND outcome = %(outcome)s AND status <> 'delivered'
-RETURNING request_id, outcome, url, event;
+-- again sends nothing twice). The row says 'delivering' until the attempt is recorded. With it: the
+-- request owner's signing secrets (the current one, and the previous one during its 24 hours).
+UPDATE webhook_deliveries d
+   SET status = 'delivering', attempts = d.attempts + 1, next_attempt_at = NULL
+ WHERE d.request_id = %(request_id)s AND d.outcome = %(outcome)s AND d.status <> 'delivered'
+RETURNING d.request_id, d.outcome, d.url, d.event, d.signer, d.attempts,
+          coalesce((SELECT array_remove(ARRAY[s.secret, CASE WHEN s.previous_until > now() THEN s.previous_secret END],
+                                        NULL)
+                      FROM webhook_secrets s JOIN processing_jobs j ON j.user_id = s.user_id
+                     WHERE j.id = d.request_id), '{}') AS owner_secrets;
 
 -- name: webhook_delivered
 UPDATE webhook_deliveries
-   SET status = 'delivered', delivered_at = now(), response_status = %(response_status)s, last_error = NULL
+   SET status = 'delivered', delivered_at = now(), response_status = %(response_status)s, last_error = NULL,
+       next_attempt_at = NULL
  WHERE request_id = %(request_id)s AND outcome = %(outcome)s;
 
 -- name: webhook_failed
--- A failed attempt: 'retrying' while Procrastinate will run the job again, 'failed' when it will not.
+-- A failed attempt: 'retrying' (next_attempt_at says when) while Procrastinate will run the job
+-- again, 'failed' when it will not.
 UPDATE webhook_deliveries
    SET status = CASE WHEN %(will_retry)s THEN 'retrying' ELSE 'failed' END,
+       next_attempt_at = CASE WHEN %(will_retry)s THEN now() + make_interval(secs => %(retry_in)s) END,
        response_status = %(response_status)s, last_error = %(error)s
  WHERE request_id = %(request_id)s AND outcome = %(outcome)s;

@@ -140,3 +140,8 @@ SELECT source_id::text, array_agg(DISTINCT stage) AS stages, array_agg(DISTINCT 
    AND (%(stage)s::text IS NULL OR stage = %(stage)s)
  GROUP BY source_id
  ORDER BY min(created_at);
+
+-- name: rerun_where_columns
+-- The columns `dhgq rerun --where` may name.
+SELECT column_name::text FROM information_schema.columns
+ WHERE table_schema = 'public' AND table_name = 'sources_google';

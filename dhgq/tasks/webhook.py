@@ -2,13 +2,20 @@
 
 The delivery row (``dhgq.webhook_deliveries``) is claimed before each attempt: a delivery that
 went through is never sent again, whoever runs its job again. What happened is written back on
-the row; a transient failure is re-raised for Procrastinate to retry with this task's own
-backoff (up to MAX_ATTEMPTS runs), a permanent one is re-raised to fail the job.
+the row (and shows on the request: callback_status, callback_error, callback_next_attempt_at); a
+transient failure is re-raised for Procrastinate to retry after the next wait of Settings'
+webhook_retry_schedule (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h: about a day and a half in all),
+a permanent one, or the last, is re-raised to fail the job. ``dhgq webhooks redeliver`` and the
+users' ``dhgq_redeliver_webhook_v1`` queue a finished delivery again.
+
+An attempt holds its slot for at most Settings' webhook_timeout (a hard deadline on the whole
+exchange), so a slow receiver cannot starve the queue.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import procrastinate
@@ -20,6 +27,7 @@ from dhgq import webhooks
 from dhgq.app import app
 from dhgq.errors import DhgqError, PermanentError, TransientError, classify
 from dhgq.queries import query
+from dhgq.redact import redact
 from dhgq.settings import Settings
 from dhgq.stage import Resources
 
@@ -27,17 +35,31 @@ logger = logging.getLogger("dhgq.webhook")
 
 QUEUE: Final = "webhooks"
 TASK = "dhgq.webhook"
-CONCURRENCY = 4  # slots of a worker's webhooks queue: each only waits on a receiver, 10 s at most
-MAX_ATTEMPTS = 8  # runs of one delivery, the first included
+CONCURRENCY = 4  # slots of a worker's webhooks queue: each only waits on a receiver, webhook_timeout at most
 
 
-def retry_strategy(settings: Settings) -> procrastinate.RetryStrategy:
-    """Exponential backoff from the stages' base delay, for longer than a stage: receivers go down for a while."""
-    return procrastinate.RetryStrategy(
-        max_attempts=MAX_ATTEMPTS - 1,  # Procrastinate counts retries, not runs
-        exponential_wait=settings.retry_base_delay,
-        retry_exceptions={TransientError},
-    )
+class ScheduledRetry(procrastinate.BaseRetryStrategy):
+    """Retry a TransientError after the next wait of a fixed schedule, then give up (Standard Webhooks' way)."""
+
+    def __init__(self, schedule: tuple[float, ...]) -> None:
+        self.schedule = schedule
+
+    def get_retry_decision(
+        self, *, exception: BaseException, job: procrastinate.jobs.Job
+    ) -> procrastinate.RetryDecision | None:
+        wait = retry_in(self.schedule, job.attempts + 1) if isinstance(exception, TransientError) else None
+        if wait is None:
+            return None
+        return procrastinate.RetryDecision(retry_at=datetime.now(UTC) + timedelta(seconds=wait))
+
+
+def retry_in(schedule: tuple[float, ...], attempt: int) -> float | None:
+    """Seconds until the run after ``attempt`` (1 for the first), None when ``attempt`` was the last."""
+    return schedule[attempt - 1] if attempt <= len(schedule) else None
+
+
+def retry_strategy(settings: Settings) -> procrastinate.BaseRetryStrategy:
+    return ScheduledRetry(settings.webhook_retry_schedule)
 
 
 def configure_retries(bound: procrastinate.App, settings: Settings) -> None:
@@ -90,15 +112,23 @@ def _claim(resources: Resources, request_id: str, outcome: str) -> webhooks.Deli
         )
     if row is None:
         return None
-    return webhooks.Delivery(str(row["request_id"]), row["outcome"], row["url"], row["event"])
+    return webhooks.Delivery(
+        str(row["request_id"]),
+        row["outcome"],
+        row["url"],
+        row["event"],
+        signer=row["signer"],
+        owner_secrets=tuple(row["owner_secrets"] or ()),
+    )
 
 
 def _record_failure(
     resources: Resources, delivery: webhooks.Delivery, exc: Exception, attempt: int, log: dict[str, Any]
 ) -> str:
     """Write the failure on the delivery row: 'retrying' while Procrastinate will try again, else 'failed'."""
-    will_retry = classify(exc) == "transient" and attempt < MAX_ATTEMPTS
-    message = exc.message if isinstance(exc, DhgqError) else f"{type(exc).__name__}: {exc}"
+    wait = retry_in(resources.settings.webhook_retry_schedule, attempt)
+    will_retry = classify(exc) == "transient" and wait is not None
+    message = exc.message if isinstance(exc, DhgqError) else redact(f"{type(exc).__name__}: {exc}")
     _record(
         resources,
         "webhook_failed",
@@ -106,6 +136,7 @@ def _record_failure(
             "request_id": delivery.request_id,
             "outcome": delivery.outcome,
             "will_retry": will_retry,
+            "retry_in": wait or 0.0,
             "response_status": webhooks.response_status_of(exc),
             "error": message,
         },

@@ -376,3 +376,31 @@ def test_writes_and_upserts(gateway_url: str, storage_stack: StorageStack) -> No
     deleted = items.delete().gte("id", base).lte("id", base + 1).execute()
     assert sorted(row["id"] for row in deleted.data) == [base, base + 1]
     assert items.select("*").in_("id", [base, base + 1]).execute().data == []
+
+
+# --- webhook secrets, through the SDK -----------------------------------------------------------------------
+
+
+def test_a_user_gets_a_webhook_secret_once_and_requests_with_a_callback(
+    gateway_url: str, storage_stack: StorageStack, user: uuid.UUID, user_client: Client
+) -> None:
+    from dhgq.client import DhgqClient
+
+    sdk = DhgqClient(user_client)
+    with pytest.raises(APIError) as refused:  # no secret yet: no key a receiver of theirs could check
+        sdk.submit(f"{uuid.uuid4().hex}.mp4", callback_url="https://hooks.example.com/dhgq")
+    assert refused.value.code == "22023" and "webhook signing secret" in str(refused.value.message)
+    secret = sdk.rotate_webhook_secret()
+    assert secret.startswith("whsec_") and sdk.rotate_webhook_secret() != secret
+    job = sdk.submit(f"{uuid.uuid4().hex}.mp4", callback_url="https://hooks.example.com/dhgq")
+    assert job.status == "queued" and job.callback_status is None
+    keys = user_client.table("webhook_signing_keys").select("*").execute().data
+    assert [row["user_id"] for row in keys] == [str(user)] and "secret" not in keys[0]
+    with pytest.raises(APIError) as nothing_yet:
+        sdk.redeliver_webhook(job.id)
+    assert nothing_yet.value.code == "PT409"
+    other = DhgqClient(client_for(gateway_url, storage_stack, storage_stack.user_token(storage_stack.new_user())))
+    with pytest.raises(APIError) as unknown:
+        other.redeliver_webhook(job.id)
+    assert unknown.value.code == "PT404"
+    assert other.supabase.table("webhook_signing_keys").select("*").execute().data == []

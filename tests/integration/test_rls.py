@@ -31,6 +31,7 @@ PUBLIC_TABLES = (
     "presentations",
     "presentation_assets",
     "processing_jobs",
+    "webhook_signing_keys",
 )
 REFUSED = (psycopg.errors.InsufficientPrivilege, psycopg.errors.InvalidParameterValue)
 

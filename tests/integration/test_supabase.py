@@ -45,8 +45,14 @@ DOMAIN_TABLES = {
     "presentations",
     "presentation_assets",
     "processing_jobs",
+    "webhook_signing_keys",
 }
-USER_FUNCTIONS = {"dhgq_cancel_request_v1", "dhgq_retry_request_v1"}
+USER_FUNCTIONS = {
+    "dhgq_cancel_request_v1",
+    "dhgq_retry_request_v1",
+    "dhgq_rotate_webhook_secret_v1",
+    "dhgq_redeliver_webhook_v1",
+}
 
 # name -> a query listing the offenders; each is one of the Security Advisor's security lints,
 # written for this suite (stricter where noted).
@@ -82,6 +88,20 @@ LINTS = {
                                      unnest(ARRAY['auth.uid()', 'auth.jwt()', 'auth.role()', 'auth.email()',
                                                   'current_setting(']) f
                         WHERE position(f IN e) > 0 AND position('select ' || f IN lower(e)) = 0)""",
+    # 0008 (INFO): a table with row-level security and no policy, in any schema but Supabase's own
+    "rls_enabled_no_policy": """
+        SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind = 'r' AND c.relrowsecurity AND NOT n.nspname = ANY(%(supabase)s)
+           AND NOT EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid)
+           AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e')""",
+    # 0001 (INFO, performance): every foreign key has an index that starts with its columns
+    "unindexed_foreign_keys": """
+        SELECT c.conrelid::regclass::text || ': ' || c.conname FROM pg_constraint c
+          JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+         WHERE c.contype = 'f' AND NOT n.nspname = ANY(%(supabase)s)
+           AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.conrelid
+                            AND (string_to_array(i.indkey::text, ' ')::smallint[])[1:cardinality(c.conkey)]
+                                = c.conkey)""",
     # 0024: no always-true policy for the API roles on writes
     "rls_policy_always_true": """
         SELECT schemaname || '.' || tablename || ': ' || policyname FROM pg_policies
@@ -98,7 +118,7 @@ def offenders(conn: psycopg.Connection, lint: str) -> list[str]:
 
 
 @pytest.mark.parametrize("lint", sorted(LINTS))
-def test_security_advisor_finds_nothing(conn: psycopg.Connection, lint: str) -> None:
+def test_the_advisor_finds_nothing(conn: psycopg.Connection, lint: str) -> None:
     assert offenders(conn, lint) == []
 
 
@@ -112,6 +132,8 @@ def test_the_lints_would_catch_what_they_look_for(conn: psycopg.Connection) -> N
             "CREATE POLICY slow ON public.sources_google FOR SELECT TO authenticated USING (owner_id = auth.uid())"
         )
         conn.execute("CREATE POLICY open ON public.processing_jobs FOR DELETE TO authenticated USING (true)")
+        conn.execute("CREATE TABLE public.quiet (id int, source_id uuid REFERENCES public.sources_google(id))")
+        conn.execute("ALTER TABLE public.quiet ENABLE ROW LEVEL SECURITY")
         found = {lint: offenders(conn, lint) for lint in LINTS}
     assert found["rls_disabled_in_public"] == ["public.leaky"]
     assert found["security_definer_view"] == ["public.leaky_view"]
@@ -119,6 +141,8 @@ def test_the_lints_would_catch_what_they_look_for(conn: psycopg.Connection) -> N
     assert found["function_search_path_mutable"] == ["leaky_fn()"]
     assert found["auth_rls_initplan"] == ["public.sources_google: slow"]
     assert found["rls_policy_always_true"] == ["public.processing_jobs: open"]
+    assert found["rls_enabled_no_policy"] == ["public.quiet"]
+    assert found["unindexed_foreign_keys"] == ["quiet: quiet_source_id_fkey"]
 
 
 def test_nothing_internal_is_in_an_exposed_schema(conn: psycopg.Connection) -> None:

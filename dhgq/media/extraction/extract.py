@@ -41,6 +41,9 @@ from dhgq.media.extraction.ffmpeg import (
 )
 from dhgq.media.types import ExtractionResult, ProbeInfo
 
+PRIVATE_DIR = 0o700  # extracted audio: readable by the user running dhgq only, whatever the umask
+PRIVATE_FILE = 0o600
+
 SAMPLE_RATE = 16_000
 SILENCE_DBFS = -50.0  # a 20 ms frame quieter than this counts as silent
 SILENCE_MIN_SECONDS = 0.5  # ... when it is part of a run at least this long (as silencedetect's d=)
@@ -105,7 +108,7 @@ def extract_audio(source: Path, out_dir: Path, *, stem: str, timeout: float | No
         kinds = ", ".join(f"{s.get('codec_type')} {s.get('codec_name')}" for s in raw.get("streams", []))
         raise PermanentError(f"{source}: has no audio track (streams: {kinds or 'none'})", file=str(source))
     timeline = _timeline(raw, audio)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(out_dir)
     wav = out_dir / f"{stem}.wav"
     compact, args = _plan_outputs(source, audio, timeline, out_dir, stem, wav)
     partials = [_partial(wav)] + ([_partial(compact)] if compact else [])
@@ -119,6 +122,7 @@ def extract_audio(source: Path, out_dir: Path, *, stem: str, timeout: float | No
         metrics = _quality_metrics(_partial(wav), source, done.stderr)
         _refuse_truncated(source, timeline, metrics["duration_seconds"], done.stderr)
         for path in [wav] + ([compact] if compact else []):
+            _partial(path).chmod(PRIVATE_FILE)
             _partial(path).replace(path)
     finally:
         for partial in partials:
@@ -394,6 +398,13 @@ def _compact_encoder() -> tuple[str, ...] | None:
     if re.search(r"^\s*A\S*\s+aac\b", done.stdout.decode(errors="replace"), re.M):
         return ("m4a", "ipod", "-c:a", "aac", "-b:a", "32k")
     return None
+
+
+def private_dir(path: Path) -> None:
+    """``path``, and the parents it lacks, made for this user only (0700): a talk's audio is its owner's."""
+    for directory in reversed([p for p in (path, *path.parents) if not p.exists()]):
+        directory.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+    path.chmod(PRIVATE_DIR)
 
 
 def _partial(path: Path) -> Path:
