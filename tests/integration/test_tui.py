@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -12,10 +13,19 @@ import pytest
 from textual.pilot import Pilot
 
 from dhgq.settings import Settings
-from dhgq.status import Line, QueueSnapshot, SourceDetail, SourceRow, StageCount, StageRow, StageState
+from dhgq.status import (
+    Line,
+    QueueSnapshot,
+    SourceDetail,
+    SourceRow,
+    StageCount,
+    StageRow,
+    StageState,
+    WorkerInfo,
+)
 from dhgq.tui.app import DetailScreen, MonitorApp, create_app
 from dhgq.tui.backend import FixedBackend
-from dhgq.tui.widgets import DetailView, SourcesTable
+from dhgq.tui.widgets import DetailView, SourcesTable, StatusHeader
 from tests.conftest import PROJECT_PASSWORD
 from tests.support.rows import add_source, failed_source, set_stage
 
@@ -232,6 +242,26 @@ async def test_filters_search_and_keys_on_fixed_data() -> None:
         assert app.backend.actions == [("retry", SOURCES[4].source_id), ("cancel", SOURCES[4].source_id)]
         await pilot.press("escape", "q")
     assert app.return_code == 0
+
+
+@pytest.mark.asyncio
+async def test_the_header_names_the_machines_the_live_workers_run_on() -> None:
+    fleet = (
+        WorkerInfo("w1", "cpu-1", 11, ("extraction",), "storage", T0, T0, True),
+        WorkerInfo("w2", "gpu-1", 12, ("transcription", "diarization"), "storage", T0, T0, True, 1),
+        WorkerInfo("w3", "lost-1", 13, ("extraction",), "storage", T0, T0, False),
+    )
+    app = MonitorApp(
+        FixedBackend(replace(SNAPSHOT, workers=2, fleet=fleet), dict(DETAILS)),
+        database="db",
+        poll_interval=None,
+        listen=False,
+    )
+    async with app.run_test(size=(100, 24)) as pilot:
+        await settle(pilot)
+        text = str(app.query_one(StatusHeader).render())
+        assert "workers 2 on cpu-1, gpu-1" in text and "lost-1" not in text
+        await pilot.press("q")
 
 
 # -- against the database --------------------------------------------------------------------------

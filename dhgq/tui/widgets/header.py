@@ -20,8 +20,9 @@ class StatusHeader(Static):
         if snapshot is not None:
             line.append(f"{snapshot.taken_at:%H:%M:%S}", style="dim")
             line.append(f"  workers {snapshot.workers}", style="green" if snapshot.workers else "red")
-            if len(snapshot.hosts) > 1:
-                line.append(f" on {len(snapshot.hosts)} hosts")
+            hosts = snapshot.hosts
+            if hosts:  # the machines they run on: names while they fit, else how many
+                line.append(f" on {', '.join(hosts)}" if len(hosts) <= 3 else f" on {len(hosts)} hosts", style="dim")
             line.append(f"  {snapshot.jobs_last_minute} jobs/min  ")
         if problem:
             line.append(f"! {problem}  ", style="bold red")
