@@ -1,4 +1,4 @@
-"""The top line: snapshot time, live workers, jobs per minute, the database (password masked)."""
+"""The top line: snapshot time, live workers, jobs per minute, paused queues, the database (password masked)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ class StatusHeader(Static):
             if len(snapshot.hosts) > 1:
                 line.append(f" on {len(snapshot.hosts)} hosts")
             line.append(f"  {snapshot.jobs_last_minute} jobs/min  ")
+            if snapshot.paused:
+                line.append(f"paused: {', '.join(p.queue for p in snapshot.paused)}  ", style="bold yellow")
         if problem:
             line.append(f"! {problem}  ", style="bold red")
         line.append(self.database)
