@@ -7,7 +7,7 @@ dead-letter view.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from dhgq.redact import redact
 
@@ -62,6 +62,24 @@ class TransientError(DhgqError):
     """A temporary failure (network, timeout, rate limit, GPU service unavailable); retried."""
 
     error_class: ErrorClass = "transient"
+
+
+class ApiBusy(TransientError):
+    """A paid API asked to wait: a rate limit (429) or overload (529) with Retry-After."""
+
+    error_class: ErrorClass = "transient"
+
+    def __init__(self, message: str | None = None, *, retry_after: float, api: str = "the API", **context: Any) -> None:
+        super().__init__(message, **context)
+        self.retry_after = retry_after  # seconds, as the API said (Retry-After, or Anthropic's retry-after-ms)
+        self.api = api
+
+    def __reduce__(self) -> tuple:
+        return (_rebuild_busy, (self.message, self.retry_after, self.api))
+
+
+def _rebuild_busy(message: str, retry_after: float, api: str) -> ApiBusy:
+    return ApiBusy(message, retry_after=retry_after, api=api)
 
 
 class PermanentError(DhgqError):

@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import ExitStack
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from dhgq import reuse
+from dhgq import reuse, waits
 from dhgq.artifacts import Artifact
 from dhgq.completion import complete
-from dhgq.errors import ArtifactMissing, DhgqError, TransientError, classify
+from dhgq.errors import ApiBusy, ArtifactMissing, DhgqError, TransientError, classify
 from dhgq.queries import query
 from dhgq.stage import Resources, Source, StageJob, StageSpec
 
@@ -33,29 +34,44 @@ logger = logging.getLogger("dhgq.pipeline")
 
 def run_stage(resources: Resources, spec: StageSpec[Any, Any], job: StageJob) -> None:
     """Run one stage job from claim to commit; raise to let Procrastinate retry or fail it."""
-    source = _claim(resources, job)
+    telemetry = resources.telemetry
+    with telemetry.phase("claim"):
+        source = _claim(resources, job)
     if source is None:
         return
     started = time.monotonic()
+    audio_seconds = source.duration
     try:
         reuse.load_source_facts(resources, spec, job, source)
         if reuse.attempt(resources, spec, job, source):
+            telemetry.completed(job, time.monotonic() - started, None, reused=True)
             return
         known_hash = source.content_hash
-        with spec.inputs(resources, source, job) as given:
+        with ExitStack() as held:  # the input lasts until the work is done; its span only while it is made
+            with telemetry.phase("input"):
+                given = held.enter_context(spec.inputs(resources, source, job))
             if source.content_hash != known_hash and reuse.attempt(resources, spec, job, source, given):
+                telemetry.completed(job, time.monotonic() - started, None, reused=True)
                 return  # the input step learnt the content hash, and an equal output exists
-            output = spec.work(resources, source, job, given)
+            with telemetry.phase("work"):
+                output = spec.work(resources, source, job, given)
         key = reuse.output_key(resources, spec, source)  # extraction's input hash is known only now
 
         def write(conn: psycopg.Connection) -> dict[str, Any]:
+            nonlocal audio_seconds
             result = spec.save(conn, source, output)
             result["stage_seconds"] = round(time.monotonic() - started, 3)
+            audio_seconds = audio_seconds or result.get("duration_seconds")  # extraction learns it
             return result
 
-        if complete(resources, spec, job, source, write, key):
+        with telemetry.phase("complete"):
+            completed = complete(resources, spec, job, source, write, key)
+        if completed:
             logger.info("stage completed in %.2f s", time.monotonic() - started, extra=job.log)
+            telemetry.completed(job, time.monotonic() - started, audio_seconds)
     except Exception as exc:
+        if isinstance(exc, ApiBusy) and waits.wait_for_api(resources, job, exc):
+            return  # held until the API's time, its queue paused: not a failure, not an attempt
         _record_failure(resources, job, exc, source)
 
 
@@ -119,6 +135,7 @@ def _record_failure(resources: Resources, job: StageJob, exc: Exception, source:
     except psycopg.Error as db_exc:
         logger.warning("could not record the failure: %s", db_exc, extra=job.log)
     logger.warning("stage failed (%s%s): %s", error_class, ", will retry" if will_retry else "", message, extra=job.log)
+    resources.telemetry.failed(job, error_class, will_retry)
     if error_class == "transient":
         raise error if isinstance(error, TransientError) else TransientError(message) from exc
     raise error from exc

@@ -187,6 +187,41 @@ class Settings(BaseSettings):
         900, ge=1, description="seconds between budget checks of a stage waiting for budget (a new day frees it)"
     )
 
+    # Observability and queue controls: a worker's Prometheus endpoint (one port per worker process), its
+    # OpenTelemetry spans (where a collector is configured, by OpenTelemetry's own variables), extraction's
+    # free-space floor, and how the Claude API's requests to wait are honoured (dhgq/waits.py).
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="the worker's Prometheus endpoint (each worker process its own port)"
+    )
+    metrics_addr: str = Field("0.0.0.0", description="address the Prometheus endpoint listens on")
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None,
+        validation_alias=AliasChoices("DHGQ_OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        description="an OTLP/HTTP collector's base URL (spans go to <url>/v1/traces); unset: no tracing",
+    )
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        None,
+        validation_alias=AliasChoices("DHGQ_OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        description="the collector's traces URL, as given (wins over the base URL)",
+    )
+    otel_service_name: str = Field(
+        "dhgq-worker",
+        validation_alias=AliasChoices("DHGQ_OTEL_SERVICE_NAME", "OTEL_SERVICE_NAME"),
+        description="service.name of the worker's spans",
+    )
+    min_free_disk_bytes: int = Field(
+        2 * 1024**3,
+        ge=0,
+        description="extraction waits while the work, temp or cache dir has less free space (0: never)",
+    )
+    disk_recheck_seconds: int = Field(30, ge=1, description="seconds between free-space checks of a held extraction")
+    api_max_waits: int = Field(
+        20, ge=0, description="times a stage waits for a rate-limited API before it fails (waits are not attempts)"
+    )
+    api_max_wait_seconds: float = Field(
+        3600.0, gt=0, description="the longest Retry-After honoured; a longer one is cut to this"
+    )
+
     # Logs
     log_level: str = "INFO"
     log_json: bool = False
@@ -250,6 +285,14 @@ class Settings(BaseSettings):
         if self.artifact_store != "auto":
             return self.artifact_store
         return "storage" if self.supabase_url and self.supabase_service_key is not None else "local"
+
+    def traces_endpoint(self) -> str | None:
+        """Where spans go (OTLP over HTTP), or None: tracing is off."""
+        if self.otel_exporter_otlp_traces_endpoint:
+            return self.otel_exporter_otlp_traces_endpoint
+        if self.otel_exporter_otlp_endpoint:
+            return self.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
+        return None
 
 
 @lru_cache(maxsize=1)

@@ -32,6 +32,7 @@ from dhgq.artifacts import Artifact, ArtifactKind, ArtifactStore, store_for
 from dhgq.errors import PermanentError
 from dhgq.runner import ModelPool
 from dhgq.settings import Settings, Stage
+from dhgq.telemetry import Telemetry
 
 Input = TypeVar("Input")
 Output = TypeVar("Output")
@@ -74,6 +75,7 @@ class Resources:
     hosts: dict[str, ModelPool] = field(default_factory=dict)
     published: set[str] = field(default_factory=set)  # stages whose current versions this process recorded
     worker_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    telemetry: Telemetry = field(default_factory=Telemetry)  # metrics and spans; off unless configured
     _store: ArtifactStore | None = None
 
     @property
@@ -91,6 +93,7 @@ class Resources:
     def close(self) -> None:
         for host in self.hosts.values():
             host.close()
+        self.telemetry.close()
         self.pool.close()
 
 

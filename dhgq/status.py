@@ -23,6 +23,8 @@ from dhgq.media.export import display_speaker, labelled_segments, merge_turns
 from dhgq.media.serialize import diarization_from_dict, summary_from_dict, transcript_from_dict
 from dhgq.media.types import Diarization, Summary, Transcript
 from dhgq.queries import LISTEN_RENEW_SECONDS, query
+from dhgq.queues import Pause
+from dhgq.queues import paused as paused_queues
 from dhgq.settings import STAGES
 
 
@@ -119,6 +121,7 @@ class QueueSnapshot:
     workers: int = 0
     jobs_last_minute: int = 0
     fleet: tuple[WorkerInfo, ...] = ()  # the worker processes seen lately, by host
+    paused: tuple[Pause, ...] = ()  # queues no worker takes jobs from now (dhgq queue pause, an API's wait)
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -189,7 +192,8 @@ def fetch_snapshot(conn: psycopg.Connection, *, limit: int = 500, stalled_after:
     sources = tuple(_source_row(row) for row in cur.execute(query("cli_sources"), {"ids": None, "limit": limit}))
     live = one(cur.execute(query("cli_live_workers"), {"stalled_after": stalled_after}))
     fleet = fetch_fleet(conn, stalled_after)
-    return QueueSnapshot(taken_at, stages, sources, int(live["workers"]), int(live["jobs_last_minute"]), fleet)
+    pauses = paused_queues(conn)
+    return QueueSnapshot(taken_at, stages, sources, int(live["workers"]), int(live["jobs_last_minute"]), fleet, pauses)
 
 
 def fetch_fleet(conn: psycopg.Connection, stalled_after: float = 30.0) -> tuple[WorkerInfo, ...]:

@@ -32,10 +32,13 @@ from dhgq import gpu
 from dhgq.app import app, configure_retries, connector_for
 from dhgq.db import task_pool
 from dhgq.queries import query
+from dhgq.queues import pause_aware
 from dhgq.settings import STAGES, Settings, Stage
 from dhgq.stage import Resources
 from dhgq.tasks import gc as gc_task
 from dhgq.tasks import webhook
+from dhgq.telemetry import Telemetry
+from dhgq.versions import package_version
 
 logger = logging.getLogger("dhgq.worker")
 Queue = Stage | Literal["webhooks", "maintenance"]
@@ -82,9 +85,16 @@ async def _run(
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(slots + 2, thread_name_prefix="dhgq-job"))
     pool = task_pool(url, max_size=max(4 + 2 * len(queues), slots + 1))
     resources = Resources(settings, pool)
+    try:
+        resources.telemetry = Telemetry.start(
+            settings, pool, queues=list(queues), worker_id=resources.worker_id, version=package_version("dhgq")
+        )
+    except BaseException:
+        pool.close()
+        raise
     await asyncio.to_thread(_register, resources, queues)
     try:
-        with app.replace_connector(connector_for(url)) as bound:
+        with app.replace_connector(connector_for(url)) as bound, pause_aware(bound):
             bound.perform_import_paths()
             configure_retries(bound, settings)
             webhook.configure_retries(bound, settings)  # after: configure_retries gives every task the stages'
@@ -116,6 +126,7 @@ async def _serve(
                 stalled_worker_timeout=settings.stalled_after,
                 fetch_job_polling_interval=5.0,
                 shutdown_graceful_timeout=None,
+                worker_middleware=resources.telemetry.worker_middleware(),
             )
             for queue in queues
         ]
@@ -227,8 +238,6 @@ def _uses_modal(resources: Resources, queues: list[Queue]) -> bool:
 
 def _register(resources: Resources, queues: list[Queue]) -> None:
     """This process in dhgq.workers: where it runs, what it serves, which artifact store it uses."""
-    from dhgq.versions import package_version
-
     settings = resources.settings
     params = {
         "id": resources.worker_id,

@@ -83,6 +83,12 @@ def process(
     model: Annotated[
         str | None, typer.Option("--model", help="Whisper model for these files (default: DHGQ_WHISPER_MODEL).")
     ] = None,
+    priority: Annotated[
+        int | None,
+        typer.Option(
+            "--priority", min=-100, max=100, help="Run these files before lower priorities (-100 to 100, default 0)."
+        ),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Add media files as sources (skipping content already known); their pipelines start at once."""
@@ -91,7 +97,7 @@ def process(
         raise PermanentError(f"no media files ({', '.join(sorted(sources.MEDIA_TYPES))}) under the given paths")
     options = {
         key: value
-        for key, value in {"num_speakers": speakers, "language": language, "model": model}.items()
+        for key, value in {"num_speakers": speakers, "language": language, "model": model, "priority": priority}.items()
         if value is not None
     }
     with connected(ctx) as conn:
@@ -238,6 +244,8 @@ def _emit_overview(snapshot: QueueSnapshot, json_output: bool) -> None:
     stdout.print(
         f"live workers: {snapshot.workers}{hosts}   jobs finished in the last minute: {snapshot.jobs_last_minute}"
     )
+    for pause in snapshot.paused:
+        stdout.print(f"[yellow]paused:[/yellow] {escape(pause.describe())}", highlight=False)
     _print_fleet(snapshot)
     recent = listing("id", "state", "progress", "extract", "transcr", "diarize", "summary", title="Recent sources")
     for row in snapshot.sources:

@@ -22,11 +22,22 @@ def worker(
     ] = None,
     concurrency: Annotated[int | None, typer.Option(help="Override every queue's concurrency.")] = None,
     once: Annotated[bool, typer.Option("--once", help="Work until no job is ready, then exit.")] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics on this port (DHGQ_METRICS_PORT; one port per worker process).",
+        ),
+    ] = None,
 ) -> None:
     """Run workers for the queues (the four stages and the webhooks by default), each with its own concurrency."""
     from dhgq import worker as worker_module
 
     settings = settings_of(ctx)
+    if metrics_port is not None:
+        settings = settings.model_copy(update={"metrics_port": metrics_port})
     logs.configure(settings)
     unknown = set(queue or []) - set(QUEUES)
     if unknown:

@@ -13,7 +13,7 @@ claimed AS (
     UPDATE audio_processing_stages
        SET status = 'processing', started_at = now(), completed_at = NULL, attempts = %(attempt)s,
            progress = 0, progress_detail = NULL, error = NULL, error_class = NULL,
-           host = %(host)s, worker_id = %(worker_id)s
+           host = %(host)s, worker_id = %(worker_id)s, waiting_for = NULL, waiting_until = NULL
      WHERE source_id = %(source_id)s AND stage = %(stage)s AND job_id = %(job_id)s
        AND status IN ('queued', 'processing')
     RETURNING source_id

@@ -24,6 +24,7 @@ def run(context: JobContext, spec: StageSpec[Any, Any], source_id: str) -> None:
     """Run one stage job; a cancelled one ends as Procrastinate's ``aborted``, not as a failure."""
     resources, job = job_of(context, spec.stage, source_id)
     try:
-        run_stage(resources, spec, job)
+        with resources.telemetry.job(job, resources.settings.host_name):
+            run_stage(resources, spec, job)
     except StageCancelled as exc:
         raise JobAborted(str(exc)) from exc

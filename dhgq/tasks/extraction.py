@@ -35,8 +35,9 @@ from dhgq.media.types import ExtractionResult
 from dhgq.queries import query
 from dhgq.settings import Settings
 from dhgq.stage import Identity, NotReusable, Origin, Resources, Reuse, Source, StageJob, StageRows, StageSpec
-from dhgq.tasks import run
+from dhgq.tasks import job_of, run
 from dhgq.versions import code_version
+from dhgq.waits import held_for_disk
 
 # Bump when what extraction writes changes in a way the hash of dhgq/media/extraction would not show
 # (an ffmpeg upgrade that changes the WAV, say): earlier extractions are then neither reused nor current.
@@ -214,4 +215,7 @@ SPEC = StageSpec(
 
 @app.task(name="dhgq.extraction", queue="extraction", pass_context=True)
 def extraction(context: JobContext, source_id: str) -> None:
+    resources, job = job_of(context, "extraction", source_id)
+    if held_for_disk(resources, job):
+        return  # the job ends without failing; the stage row waits, and a later job checks again
     run(context, SPEC, source_id)

@@ -159,3 +159,42 @@ def test_the_check_sees_a_seq_scan(backlog: psycopg.Connection) -> None:
     assert ("Seq Scan", TABLE) in table_scans(plan, backlog)
     with pytest.raises(AssertionError, match="Seq Scan|no index scan"):
         assert_indexed(plan, backlog, "unindexed")
+
+
+# --- what a metrics scrape reads: open jobs and today's ledger rows, never the history --------------------
+
+HISTORY = """
+INSERT INTO procrastinate_jobs (queue_name, task_name, status, args, attempts, scheduled_at)
+SELECT (ARRAY['extraction', 'transcription', 'diarization', 'summarization'])[1 + n % 4],
+       'dhgq.' || (ARRAY['extraction', 'transcription', 'diarization', 'summarization'])[1 + n % 4],
+       CASE WHEN n > 79800 THEN 'todo' WHEN n > 79700 THEN 'doing' ELSE 'succeeded' END::procrastinate_job_status,
+       jsonb_build_object('source_id', gen_random_uuid()), 1,
+       CASE WHEN n % 10 = 0 THEN now() + interval '1 hour' END
+  FROM generate_series(1, 80000) AS n;
+INSERT INTO procrastinate_events (job_id, type, at)
+SELECT id, 'deferred', now() - make_interval(secs => 80000 - id) FROM procrastinate_jobs;
+INSERT INTO dhgq.ledger (kind, provider, model, fingerprint, status, cost_usd, created_at)
+SELECT 'llm', 'anthropic', 'claude-sonnet-4-5', md5(n::text), 'succeeded', 0.01,
+       now() - make_interval(mins => n)
+  FROM generate_series(1, 60000) AS n;
+ANALYZE procrastinate_jobs;
+ANALYZE procrastinate_events;
+ANALYZE dhgq.ledger;
+"""
+HISTORY_TABLES = {"procrastinate_jobs", "procrastinate_events", "ledger", TABLE}
+
+
+@pytest.fixture(scope="module")
+def history(backlog: psycopg.Connection) -> psycopg.Connection:
+    """80,000 jobs of which 300 are open, their events, and six weeks of ledger rows, analysed."""
+    backlog.execute(HISTORY)
+    return backlog
+
+
+@pytest.mark.parametrize("name", ["queue_depths", "ledger_today", "stages_waiting"])
+def test_the_metrics_queries_read_no_history(name: str, history: psycopg.Connection) -> None:
+    plan = explain(history, query(name))
+    read = [(node["Node Type"], node.get("Relation Name")) for node in scans(plan) if node.get("Relation Name")]
+    rendered = json.dumps(plan, indent=1)
+    assert read, rendered
+    assert not [table for kind, table in read if kind == "Seq Scan" and table in HISTORY_TABLES], rendered

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class FakeAnthropic:
         self.reply: Callable[[dict[str, Any]], str] = default_reply
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.times: list[float] = []  # time.time() of each request, in order
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
         self.held_after: int | None = None
@@ -75,11 +77,15 @@ class FakeAnthropic:
         times: int = 1,
         message: str | None = None,
         retry_after: int | None = None,
+        retry_after_ms: int | None = None,
         after: int = 0,
     ) -> None:
         """Answer the next ``times`` requests with an error of this status (the first of them being
-        the one after the first ``after`` requests)."""
+        the one after the first ``after`` requests). ``retry_after`` (seconds) and ``retry_after_ms``
+        are sent as the real API sends them on a 429 or 529: ``retry-after`` and ``retry-after-ms``."""
         headers = {"retry-after": str(retry_after)} if retry_after is not None else {}
+        if retry_after_ms is not None:
+            headers["retry-after-ms"] = str(retry_after_ms)
         text = message or f"scripted {status} error"
         self.failures.extend(ScriptedFailure(status, text, headers, after) for _ in range(times))
 
@@ -107,6 +113,7 @@ class FakeAnthropic:
         with self.lock:
             self.requests.append(body)
             self.headers.append(headers)
+            self.times.append(time.time())
             return len(self.requests)
 
     def message(self, request: dict[str, Any], number: int) -> dict[str, Any]:

@@ -11,13 +11,14 @@ import anthropic
 import httpx2
 import pytest
 
-from dhgq.errors import PermanentError, TransientError
+from dhgq.errors import ApiBusy, PermanentError, TransientError
 from dhgq.media.summarization.summarize import (
     chunk_lines,
     client,
     parse_summary_json,
     price,
     prompt_sections,
+    retry_after_seconds,
     summarize,
     transcript_lines,
     translate_error,
@@ -127,6 +128,42 @@ def test_overload_and_server_errors_are_transient(fake: FakeAnthropic, status: i
         run(fake, make_transcript(DIALOGUE))
     assert caught.value.error_class == "transient"
     assert len(fake.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "status, headers, seconds",
+    [
+        (429, {"retry_after": 7}, 7.0),
+        (529, {"retry_after_ms": 2500, "retry_after": 9}, 2.5),  # milliseconds win, as in the SDK
+    ],
+)
+def test_a_rate_limit_or_overload_with_retry_after_asks_the_stage_to_wait(
+    fake: FakeAnthropic, status: int, headers: dict[str, int], seconds: float
+) -> None:
+    fake.fail(status, message="slow down", **headers)
+
+    with pytest.raises(ApiBusy, match=f"{status}: slow down") as caught:
+        run(fake, make_transcript(DIALOGUE))
+    assert caught.value.retry_after == seconds and caught.value.error_class == "transient"
+
+
+@pytest.mark.parametrize("status, headers", [(429, {}), (503, {"retry_after": 5})])
+def test_without_retry_after_or_for_other_statuses_it_is_an_ordinary_transient_error(
+    fake: FakeAnthropic, status: int, headers: dict[str, int]
+) -> None:
+    fake.fail(status, message="unavailable", **headers)
+
+    with pytest.raises(TransientError) as caught:
+        run(fake, make_transcript(DIALOGUE))
+    assert not isinstance(caught.value, ApiBusy)
+
+
+def test_retry_after_is_read_as_the_sdk_reads_it() -> None:
+    assert retry_after_seconds({"retry-after": "1.5"}) == 1.5
+    assert retry_after_seconds({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert retry_after_seconds({"retry-after": "Wed, 21 Oct 2026 07:28:30 GMT"}, now=1792567700.0) == 10.0
+    assert retry_after_seconds({"retry-after": "soon"}) is None
+    assert retry_after_seconds({}) is None
 
 
 def test_connection_refused_is_transient() -> None:

@@ -12,10 +12,12 @@ cache is a protocol so that this module stays free of databases.
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import json
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib.resources import files
@@ -23,7 +25,7 @@ from typing import Any, Protocol
 
 import anthropic
 
-from dhgq.errors import PermanentError, TransientError
+from dhgq.errors import ApiBusy, PermanentError, TransientError
 from dhgq.media.summarization.extractive import no_speech_summary, summarize_extractive
 from dhgq.media.summarization.prices import PRICES_PER_MTOK, PriceTable
 from dhgq.media.types import Summary, Transcript
@@ -35,6 +37,7 @@ REQUEST_TIMEOUT_S = 300.0
 CHARS_PER_TOKEN = 4  # a conservative estimate for English text
 
 TRANSIENT_STATUSES = frozenset({408, 409, 429})
+WAIT_STATUSES = frozenset({429, 529})  # rate limited, overloaded: with Retry-After, the stage waits instead
 
 
 @dataclass(frozen=True)
@@ -198,14 +201,39 @@ def api_error_message(exc: anthropic.APIStatusError) -> str:
     return exc.message
 
 
+def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """How long the API asks to wait, as the anthropic SDK reads it: ``retry-after-ms`` first, then
+    ``retry-after`` in seconds (a float is accepted) or as an HTTP date; None when absent or unreadable."""
+    try:
+        return max(float(headers["retry-after-ms"]) / 1000, 0.0)
+    except (KeyError, TypeError, ValueError):
+        pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    parsed = email.utils.parsedate_tz(value)
+    if parsed is None:
+        return None
+    return max(email.utils.mktime_tz(parsed) - (time.time() if now is None else now), 0.0)
+
+
 def translate_error(exc: anthropic.AnthropicError) -> TransientError | PermanentError:
     """Rate limits, overload, server errors and network failures are transient; the rest is not."""
     if isinstance(exc, anthropic.APIStatusError):
         status = exc.status_code
         message = f"Anthropic API returned {status}: {api_error_message(exc)}"
         if status in TRANSIENT_STATUSES or status >= 500:
-            retry_after = exc.response.headers.get("retry-after")
-            return TransientError(f"{message} (retry after {retry_after}s)" if retry_after else message)
+            retry_after = retry_after_seconds(exc.response.headers)
+            if retry_after is None:
+                return TransientError(message)
+            message = f"{message} (retry after {retry_after:g}s)"
+            if status in WAIT_STATUSES:
+                return ApiBusy(message, retry_after=retry_after, api="Anthropic API")
+            return TransientError(message)
         return PermanentError(message)
     if isinstance(exc, anthropic.APITimeoutError):
         return TransientError("Anthropic API request timed out")

@@ -1,4 +1,4 @@
-"""The top line: snapshot time, live workers, jobs per minute, the database (password masked)."""
+"""The top line: snapshot time, live workers, jobs per minute, paused queues, the database (password masked)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ class StatusHeader(Static):
             if hosts:  # the machines they run on: names while they fit, else how many
                 line.append(f" on {', '.join(hosts)}" if len(hosts) <= 3 else f" on {len(hosts)} hosts", style="dim")
             line.append(f"  {snapshot.jobs_last_minute} jobs/min  ")
+            if snapshot.paused:
+                line.append(f"paused: {', '.join(p.queue for p in snapshot.paused)}  ", style="bold yellow")
         if problem:
             line.append(f"! {problem}  ", style="bold red")
         line.append(self.database)
