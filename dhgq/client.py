@@ -319,8 +319,10 @@ class DhgqClient:
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         try:
             with path.open("rb") as handle:
+                # {"dhgq": false}: this upload starts no request by itself (processing on upload); submit() makes
+                # its own, with the options and callback it was given
                 self.supabase.storage.from_(self.bucket).upload(
-                    key, handle.read(), {"content-type": content_type, "upsert": "true"}
+                    key, handle.read(), {"content-type": content_type, "upsert": "true", "metadata": {"dhgq": False}}
                 )
         except Exception as exc:  # storage3's StorageApiError, or the network
             raise DhgqClientError(f"uploading {path.name} to {self.bucket}/{key} failed: {exc}") from exc
