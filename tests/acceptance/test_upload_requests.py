@@ -55,7 +55,8 @@ def requests_of(stack: StorageStack, user: uuid.UUID) -> list[tuple[Any, ...]]:
 
 def set_uploads(stack: StorageStack, on: bool) -> None:
     with psycopg.connect(stack.database_url, autocommit=True) as conn:
-        conn.execute("UPDATE dhgq.config SET value = %s::jsonb WHERE key = 'process_uploads'", ("true" if on else "false",))
+        value = "true" if on else "false"
+        conn.execute("UPDATE dhgq.config SET value = %s::jsonb WHERE key = 'process_uploads'", (value,))
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ Two endpoints, on the wire as Google has them:
 
 - ``POST /token``: the JWT bearer grant (RFC 7523). The assertion's RS256 signature is checked
   with the PUBLIC key of a service account the server trusts (``FakeDrive.trust``), as are its
-  ``kid``, ``aud`` (this endpoint), ``scope``, ``iat``/``exp`` (at most an hour apart, not expired).
+  ``kid``, ``aud`` (Google's token endpoint, ``https://oauth2.googleapis.com/token``, which Google
+  requires whatever URL the request went to), ``scope``, ``iat``/``exp`` (at most an hour apart).
   A refused grant is ``400 {"error": "invalid_grant", ...}``, as Google answers.
 - ``GET /drive/v3/files/{id}``: metadata (``fields`` honoured for top-level names) or, with
   ``alt=media``, the content; the Bearer token must be one this server issued with a Drive scope.
@@ -40,6 +41,7 @@ DRIVE_SCOPES = frozenset({"https://www.googleapis.com/auth/drive", "https://www.
 FILES_PATH = "/drive/v3/files/"
 DEFAULT_FIELDS = ("kind", "id", "name", "mimeType")  # what files.get returns when no fields are asked for
 MAX_ASSERTION_SECONDS = 3600
+GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"  # "always", says Google's service-account guide
 
 
 @dataclass(frozen=True)
@@ -198,7 +200,7 @@ class FakeDrive:
                 assertion,
                 account.public_key(),
                 algorithms=["RS256"],
-                audience=self.token_uri,
+                audience=GOOGLE_TOKEN_AUDIENCE,
                 options={"require": ["iss", "aud", "iat", "exp", "scope"]},
             )
         except jwt.InvalidSignatureError:
