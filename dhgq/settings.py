@@ -187,6 +187,21 @@ class Settings(BaseSettings):
         900, ge=1, description="seconds between budget checks of a stage waiting for budget (a new day frees it)"
     )
 
+    # (issue 25) Drive folders watched for new talks, and the Whisper model when the request names none
+    drive_watch_seconds: int = Field(
+        60, ge=10, description="seconds between two checks of a watched Drive folder (dhgq drive watch)"
+    )
+    whisper_english_model: str = Field(
+        "tiny.en",
+        description="DHGQ_WHISPER_MODEL=auto: the model when the language is English (the request's or "
+        "DHGQ_WHISPER_LANGUAGE)",
+    )
+    whisper_multilingual_model: str = Field(
+        "base",
+        description="DHGQ_WHISPER_MODEL=auto: the model when the language is another or unknown (detected); "
+        "the English one when this is not installed",
+    )
+
     # Logs
     log_level: str = "INFO"
     log_json: bool = False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dhgq.cli import cost, db, modal, models, pipeline, webhooks
+from dhgq.cli import cost, db, drive, modal, models, pipeline, webhooks
 from dhgq.cli.common import DhgqGroup, fail
 from dhgq.cli.demo import demo
 from dhgq.cli.eval import evaluate
@@ -39,6 +39,7 @@ app.add_typer(db.app, name="db")
 app.add_typer(models.app, name="models")
 app.add_typer(modal.app, name="modal")
 app.add_typer(webhooks.app, name="webhooks")
+app.add_typer(drive.app, name="drive")
 cost.register(app)  # dhgq cost, dhgq budget
 
 

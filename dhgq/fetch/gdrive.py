@@ -98,8 +98,23 @@ def file_metadata(
     file_id: str, token: str, account: DriveCredentials, settings: Settings, *, source: str
 ) -> dict[str, Any]:
     """Drive's ``files.get`` for the fields sources_google keeps (shared drives included)."""
-    url = f"{api_base(settings)}/drive/v3/files/{file_id}"
     params = {"fields": METADATA_FIELDS, "supportsAllDrives": "true"}
+    return drive_json(f"files/{file_id}", params, token, account, settings, source=source, item=file_id)
+
+
+def drive_json(
+    path: str,
+    params: dict[str, str],
+    token: str,
+    account: DriveCredentials,
+    settings: Settings,
+    *,
+    source: str,
+    item: str,
+) -> dict[str, Any]:
+    """One GET of the Drive v3 API (``/drive/v3/<path>``) and its JSON object; Drive's errors as dhgq's
+    (``item`` names the file or folder a 404 is about)."""
+    url = f"{api_base(settings)}/drive/v3/{path}"
     try:
         response = httpx.get(url, params=params, headers=bearer(token), timeout=settings.fetch_timeout)
     except httpx.TimeoutException as exc:
@@ -107,17 +122,17 @@ def file_metadata(
     except httpx.TransportError as exc:
         raise TransientError(f"{source}: Drive failed: {exc}", file=source) from None
     if response.status_code != 200:
-        _raise_drive_error(response, file_id, account, source)
+        raise_drive_error(response, item, account, source)
     try:
-        meta = response.json()
+        body = response.json()
     except ValueError:
-        meta = None
-    if not isinstance(meta, dict):
-        raise TransientError(f"{source}: Drive answered with no file metadata", file=source)
-    return meta
+        body = None
+    if not isinstance(body, dict):
+        raise TransientError(f"{source}: Drive answered without a JSON object", file=source)
+    return body
 
 
-def _raise_drive_error(response: httpx.Response, file_id: str, account: DriveCredentials, source: str) -> NoReturn:
+def raise_drive_error(response: httpx.Response, file_id: str, account: DriveCredentials, source: str) -> NoReturn:
     status = response.status_code
     reason, message = _drive_error(response)
     said = f"HTTP {status}" + (f" {reason}" if reason else "") + (f": {message}" if message else "")
