@@ -138,7 +138,11 @@ class Settings(BaseSettings):
 
     # Models
     whisper_engine: Literal["faster-whisper", "openai-whisper"] = "faster-whisper"
-    whisper_model: str = "tiny.en"
+    whisper_model: str = Field(
+        "auto",
+        description="auto: whisper_english_model when the language is English, else whisper_multilingual_model; "
+        "or a model name, or a CTranslate2 model directory",
+    )
     whisper_compute_type: str = "int8"
     whisper_language: str | None = None
     diarization_engine: Literal["local", "pyannote"] = "local"
