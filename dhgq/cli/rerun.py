@@ -91,7 +91,7 @@ def rerun(
         if not dry_run:
             for outcome in outcomes:
                 _rerun(conn, outcome, fresh=not stale, reason="stale" if stale else "manual", options=options)
-    _report(outcomes, json_output)
+    _report(outcomes, json_output, dry_run=dry_run)
     if any(o.status == "error" for o in outcomes) or (source is not None and not stale and not _all_went(outcomes)):
         raise typer.Exit(1)
 
@@ -194,9 +194,10 @@ def _first_line(exc: psycopg.Error) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _report(outcomes: list[Outcome], json_output: bool) -> None:
+def _report(outcomes: list[Outcome], json_output: bool, *, dry_run: bool = False) -> None:
     if json_output:
-        emit_json({"reruns": [asdict(o) for o in outcomes], "queued": sum(o.status == "queued" for o in outcomes)})
+        count = {"planned": len(outcomes)} if dry_run else {"queued": sum(o.status == "queued" for o in outcomes)}
+        emit_json({"reruns": [asdict(o) for o in outcomes], "dry_run": dry_run, **count})
         return
     if not outcomes:
         stderr.print("nothing to run again")
@@ -207,5 +208,8 @@ def _report(outcomes: list[Outcome], json_output: bool) -> None:
         stdout.print(
             f"{o.source_id[:8]}  {o.status:<10} {what}{why}  {o.name}{detail}", highlight=False, soft_wrap=True
         )
+    if dry_run:  # nothing was queued: say what would run, never "queued"
+        stderr.print(f"{len(outcomes)} source(s) would run again (--dry-run: nothing was changed)")
+        return
     queued = sum(o.status == "queued" for o in outcomes)
     stderr.print(f"{queued} of {len(outcomes)} source(s) queued again")
