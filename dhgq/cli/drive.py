@@ -8,6 +8,7 @@ import typer
 
 from dhgq import drive_watch
 from dhgq.cli.common import JsonOption, connected, emit_json, fail, settings_of, stderr, stdout, when
+from dhgq.cli.pipeline import check_model
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -35,6 +36,8 @@ def watch(
     folder_id = drive_watch.check_folder_id(folder)
     options = {k: v for k, v in {"num_speakers": speakers, "language": language, "model": model}.items() if v}
     settings = settings_of(ctx)
+    if model is not None:
+        check_model(settings, model)
     with connected(ctx) as conn:
         described, result = drive_watch.watch(conn, settings, folder_id, options=options, existing=not new_only)
     if json_output:

@@ -23,8 +23,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from dhgq import sources
-from dhgq.cli.common import JsonOption, connected, emit_json, stderr, stdout
-from dhgq.cli.pipeline import StageChoice
+from dhgq.cli.common import JsonOption, connected, emit_json, settings_of, stderr, stdout
+from dhgq.cli.pipeline import StageChoice, check_model
 from dhgq.errors import PermanentError
 from dhgq.queries import query
 from dhgq.where_filter import compile_filter
@@ -84,6 +84,8 @@ def rerun(
 ) -> None:
     """Run a stage of some sources again (and what depends on it), or only what is stale."""
     _check(source, all_sources, where, stage, stale, model, speakers)
+    if model is not None:
+        check_model(settings_of(ctx), model)
     options = {key: value for key, value in {"model": model, "num_speakers": speakers}.items() if value is not None}
     with connected(ctx) as conn:
         ids = _selected(conn, source, all_sources, where)
