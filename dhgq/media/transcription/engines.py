@@ -20,6 +20,7 @@ import soundfile as sf
 
 from dhgq.errors import ConfigurationError, PermanentError
 from dhgq.media.transcription.chunking import quiet_cut, stitch
+from dhgq.media.transcription.models import AUTO, ENGLISH_MODEL, MULTILINGUAL_MODEL, choose_model
 from dhgq.media.types import Progress, Segment, Transcript, Word
 
 SAMPLE_RATE = 16_000
@@ -342,7 +343,11 @@ def _confidence(avg_logprob: Any) -> float | None:
 def load_engine(
     engine: str, model: str, compute_type: str, models_dir: Path | None, cpu_threads: int = 0
 ) -> TranscriptionEngine:
-    """The engine for these settings, built once per worker process (``cpu_threads`` 0: default)."""
+    """The engine for these settings, built once per worker process (``cpu_threads`` 0: default). ``auto``
+    without a language to go by (a caller that knows it asks ``models.choose_model``) is the multilingual
+    model, else the English one."""
+    if model == AUTO:
+        model = choose_model(None, AUTO, None, english=ENGLISH_MODEL, multilingual=MULTILINGUAL_MODEL).model
     if engine == "faster-whisper":
         return FasterWhisperEngine(model, compute_type=compute_type, models_dir=models_dir, cpu_threads=cpu_threads)
     if engine == "openai-whisper":

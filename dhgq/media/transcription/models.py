@@ -47,6 +47,7 @@ PACKAGED: dict[str, PackagedModel] = {
 
 
 AUTO = "auto"
+ENGLISH_MODEL, MULTILINGUAL_MODEL = "tiny.en", "base"  # what auto picks by default (Settings can say otherwise)
 
 
 @dataclass(frozen=True)
