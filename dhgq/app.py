@@ -17,8 +17,8 @@ STAGE_MODULES = [
     "dhgq.tasks.diarization",
     "dhgq.tasks.summarization",
 ]
-# Not stages: requests' webhooks and the daily gc, each on its own queue (the worker serves them with the stages).
-TASK_MODULES = [*STAGE_MODULES, "dhgq.tasks.webhook", "dhgq.tasks.gc"]
+# Not stages: requests' webhooks, the daily gc and the Drive folders' watch (the worker serves them with the stages).
+TASK_MODULES = [*STAGE_MODULES, "dhgq.tasks.webhook", "dhgq.tasks.gc", "dhgq.tasks.drive_watch"]
 
 
 def retry_strategy(settings: Settings) -> procrastinate.RetryStrategy:

@@ -79,13 +79,24 @@ class Job:
 
 
 @dataclass(frozen=True)
+class WordTiming:
+    """One word of an utterance: when it was said (seconds from the start) and how sure Whisper was of it."""
+
+    start: float
+    end: float
+    text: str
+    probability: float | None = None
+
+
+@dataclass(frozen=True)
 class Utterance:
-    """One transcript segment: when, who (SPEAKER_1, or the name given to them) and what."""
+    """One transcript segment: when, who (SPEAKER_1, or the name given to them), what, and each word's timing."""
 
     start: float
     end: float
     speaker: str | None
     text: str
+    words: list[WordTiming] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,7 @@ class Results:
     language: str | None
     summary: dict[str, Any] | None
     outputs: dict[str, str] = field(default_factory=dict)  # export format -> storage:// URI
+    language_probability: float | None = None  # how sure Whisper was of a language it detected (None: given)
 
     @property
     def text(self) -> str:
@@ -269,16 +281,24 @@ class DhgqClient:
             raise DhgqClientError(f"request {job_id} has no transcript")
         names = self._speaker_names(job.source_id)
         utterances = [
-            Utterance(float(s["start_time"]), float(s["end_time"]), names.get(s["speaker_id"]), s["text"])
+            Utterance(
+                float(s["start_time"]),
+                float(s["end_time"]),
+                names.get(s["speaker_id"]),
+                s["text"],
+                _words((s.get("metadata") or {}).get("words")),
+            )
             for s in self._segments(transcript["id"])
         ]
         summary = documents.get("summary")
+        detected = (transcript.get("processed_content") or {}).get("language_probability")
         return Results(
             job,
             utterances,
             transcript.get("language"),
             _shown_summary(summary["processed_content"]) if summary else None,
             self._outputs(job.source_id),
+            float(detected) if detected is not None else None,
         )
 
     def _segments(self, document_id: str) -> list[dict[str, Any]]:
@@ -286,7 +306,7 @@ class DhgqClient:
         while True:
             page = _rows(
                 self.supabase.table("audio_segments")
-                .select("start_time,end_time,text,speaker_id")
+                .select("start_time,end_time,text,speaker_id,metadata")
                 .eq("expert_document_id", document_id)
                 .order("start_time")
                 .limit(PAGE)
@@ -319,8 +339,10 @@ class DhgqClient:
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         try:
             with path.open("rb") as handle:
+                # {"dhgq": false}: this upload starts no request by itself (processing on upload); submit() makes
+                # its own, with the options and callback it was given
                 self.supabase.storage.from_(self.bucket).upload(
-                    key, handle.read(), {"content-type": content_type, "upsert": "true"}
+                    key, handle.read(), {"content-type": content_type, "upsert": "true", "metadata": {"dhgq": False}}
                 )
         except Exception as exc:  # storage3's StorageApiError, or the network
             raise DhgqClientError(f"uploading {path.name} to {self.bucket}/{key} failed: {exc}") from exc
@@ -353,6 +375,17 @@ def _one(rows: Any, missing: str) -> dict[str, Any]:
 def _row(data: Any) -> dict[str, Any]:
     """An RPC's composite result: an object, or a one-row list, depending on the server."""
     return dict(data[0]) if isinstance(data, list) else dict(data)
+
+
+def _words(stored: Any) -> list[WordTiming]:
+    """A segment's words as the transcription stored them (audio_segments.metadata.words)."""
+    if not isinstance(stored, list):
+        return []
+    return [
+        WordTiming(float(w["start"]), float(w["end"]), str(w.get("text", "")), w.get("probability"))
+        for w in stored
+        if isinstance(w, dict) and w.get("start") is not None and w.get("end") is not None
+    ]
 
 
 def _shown_summary(content: dict[str, Any] | None) -> dict[str, Any] | None:

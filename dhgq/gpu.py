@@ -18,19 +18,20 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dhgq.errors import ConfigurationError, DhgqError, PermanentError, StageTimeout, TransientError, classify
 from dhgq.media.serialize import diarization_from_dict, transcript_from_dict
+from dhgq.media.transcription.models import ModelChoice, choose_model
 from dhgq.media.types import ANY_SPEAKERS, Diarization, Progress, SpeakerCount, Transcript
 from dhgq.settings import Settings
 
 if TYPE_CHECKING:
     from dhgq.media.diarization.engines import DiarizationEngine
-    from dhgq.media.transcription.engines import TranscriptionEngine
+    from dhgq.media.transcription.engines import Prompt, TranscriptionEngine
 
 RunInfo = dict[str, Any]
 logger = logging.getLogger(__name__)
@@ -90,10 +91,18 @@ class GpuBackend(Protocol):
     """Runs the two GPU stages on a WAV and says how it went."""
 
     name: str
-    default_model: str  # the Whisper model of a request that names none
+    default_model: str  # the Whisper model of a request that names none (locally maybe "auto")
+
+    def model_for(self, requested: str | None, language: str | None) -> ModelChoice: ...
 
     def transcribe(
-        self, audio: AudioInput, *, model: str, language: str | None = None, progress: Progress | None = None
+        self,
+        audio: AudioInput,
+        *,
+        model: str,
+        language: str | None = None,
+        progress: Progress | None = None,
+        prompt: Prompt | None = None,
     ) -> tuple[Transcript, RunInfo]: ...
 
     def diarize(
@@ -133,6 +142,17 @@ class LocalBackend:
         self.settings = settings
         self.default_model = settings.whisper_model
 
+    def model_for(self, requested: str | None, language: str | None) -> ModelChoice:
+        """The request's model, else DHGQ_WHISPER_MODEL; ``auto`` by the language (see models.choose_model)."""
+        s = self.settings
+        return choose_model(
+            requested,
+            s.whisper_model,
+            language,
+            english=s.whisper_english_model,
+            multilingual=s.whisper_multilingual_model,
+        )
+
     def transcription_engine(self, model: str) -> TranscriptionEngine:
         from dhgq.media.transcription.engines import load_engine
 
@@ -154,11 +174,17 @@ class LocalBackend:
             torch.set_num_threads(self.cpu_threads)
 
     def transcribe(
-        self, audio: AudioInput, *, model: str, language: str | None = None, progress: Progress | None = None
+        self,
+        audio: AudioInput,
+        *,
+        model: str,
+        language: str | None = None,
+        progress: Progress | None = None,
+        prompt: Prompt | None = None,
     ) -> tuple[Transcript, RunInfo]:
         started, cpu_started = time.perf_counter(), time.process_time()
         engine = self.transcription_engine(model)
-        transcript = engine.transcribe(audio.local_path(), language=language, progress=progress)
+        transcript = engine.transcribe(audio.local_path(), language=language, progress=progress, prompt=prompt)
         return transcript, run_info(self.name, None, model, started, cpu_started, engine=transcript.engine)
 
     def diarize(
@@ -189,8 +215,18 @@ class ModalBackend:
         self.default_model = settings.modal_whisper_model
         self.long_audio_seconds = long_audio_seconds
 
+    def model_for(self, requested: str | None, language: str | None) -> ModelChoice:
+        """The request's model, else DHGQ_MODAL_WHISPER_MODEL (multilingual by default: turbo)."""
+        return ModelChoice(requested or self.default_model, "asked for" if requested else "DHGQ_MODAL_WHISPER_MODEL")
+
     def transcribe(
-        self, audio: AudioInput, *, model: str, language: str | None = None, progress: Progress | None = None
+        self,
+        audio: AudioInput,
+        *,
+        model: str,
+        language: str | None = None,
+        progress: Progress | None = None,
+        prompt: Prompt | None = None,
     ) -> tuple[Transcript, RunInfo]:
         import modal
 
@@ -203,16 +239,19 @@ class ModalBackend:
         payload, seconds = modal_payload(audio)
         app_name = self.settings.modal_app_name
         long = seconds > self.long_audio_seconds
+        hints = {"prompt": prompt.as_text()} if prompt is not None else {}  # openai-whisper: no hotwords
 
         def spawn() -> Any:
             if long:
-                return modal.Function.from_name(app_name, "transcribe_long").spawn(payload, model, language)
+                return modal.Function.from_name(app_name, "transcribe_long").spawn(payload, model, language, **hints)
             transcriber = modal.Cls.from_name(app_name, "Transcriber")(model=model)
-            return transcriber.transcribe.spawn(payload, model, language)
+            return transcriber.transcribe.spawn(payload, model, language, **hints)
 
         function = "transcribe_long" if long else "Transcriber.transcribe"
         output = self._await_remote("transcription", audio, seconds, function, spawn, model=model, language=language)
         transcript = transcript_from_dict(output["transcript"])
+        if output.get("language_probability") is not None and transcript.language_probability is None:
+            transcript = replace(transcript, language_probability=float(output["language_probability"]))
         return transcript, self._run_info(model, transcript.engine, started, output)
 
     def diarize(
@@ -466,18 +505,28 @@ def backend_for(settings: Settings) -> GpuBackend:
 
 
 def transcribe(
-    settings: Settings, audio: AudioInput, model: str | None = None, language: str | None = None
+    settings: Settings,
+    audio: AudioInput,
+    model: str | None = None,
+    language: str | None = None,
+    prompt: Prompt | None = None,
 ) -> tuple[Transcript, RunInfo]:
-    """Whisper on the audio; a request's model and language win over the settings."""
+    """Whisper on the audio; a request's model, language and hints win over the settings. The run says
+    which model and why, and whether the language was detected (with its probability) or given."""
     from dhgq.runner import report_progress
 
     backend = backend_for(settings)
-    return backend.transcribe(
-        audio,
-        model=model or backend.default_model,
-        language=language or settings.whisper_language,
-        progress=report_progress,
+    language = language or settings.whisper_language
+    choice = backend.model_for(model, language)
+    transcript, info = backend.transcribe(
+        audio, model=choice.model, language=language, progress=report_progress, prompt=prompt
     )
+    info["model_choice"] = choice.reason
+    info["language_detected"] = language is None
+    info["language_probability"] = transcript.language_probability
+    if prompt is not None:
+        info["prompt"] = {"initial_prompt": prompt.text, "vocabulary": list(prompt.vocabulary)}
+    return transcript, info
 
 
 def diarize(
@@ -494,7 +543,7 @@ def warm(settings: Settings, stage: str) -> str:
     backend = backend_for(settings)
     if isinstance(backend, LocalBackend):
         if stage == "transcription":
-            backend.transcription_engine(backend.default_model)
+            backend.transcription_engine(backend.model_for(None, settings.whisper_language).model)
         elif stage == "diarization":
             backend.diarization_engine()
     return stage

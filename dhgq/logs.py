@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 
+from dhgq.errors import DhgqError
 from dhgq.redact import redact
 from dhgq.settings import Settings
 
@@ -42,8 +43,25 @@ class ContextFormatter(logging.Formatter):
         return redact(line + "".join(f" {k}={v}" for k, v in context.items()))
 
 
+class ClassifiedFailures(logging.Filter):
+    """A stage failure dhgq classified (a DhgqError: permanent, transient, cancelled) is one line: the pipeline
+    logged it with its source, stage and reason, and Procrastinate's "Job ... ended with status: Error" then
+    only needs the reason, not forty lines of traceback through Procrastinate and asgiref. An exception
+    dhgq did not expect keeps its traceback: that one is a bug to read."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, DhgqError):
+            record.msg = f"{record.getMessage()}: {exc.error_class}: {exc.message}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def configure(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ClassifiedFailures())
     handler.setFormatter(ContextFormatter(settings.log_json))
     root = logging.getLogger()
     root.handlers[:] = [handler]

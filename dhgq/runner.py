@@ -139,6 +139,17 @@ class ModelHost:
                 return value  # type: ignore[no-any-return]
             raise value
 
+    def stop(self, timeout: float = 10.0) -> None:
+        """End an idle child the way it ends by itself: its pipe closes, its loop returns, and its exit
+        runs the finalizers that unlink what it made (tqdm's and torch's multiprocessing locks). A
+        killed child cannot, and the resource tracker then warns of leaked semaphores at the parent's
+        exit. A child that does not end in ``timeout`` seconds is killed."""
+        process, conn = self._process, self._conn
+        if process is not None and process.is_alive() and conn is not None and self._remote is None:
+            conn.close()
+            process.join(timeout)
+        self.kill()
+
     def kill(self) -> None:
         """Kill the child, then stop the remote work it reported and had not finished."""
         if self._process is not None and self._process.is_alive():
@@ -189,5 +200,6 @@ class ModelPool:
             logger.warning("warm-up of %s failed: %s", function.__name__, exc)
 
     def close(self) -> None:
+        """Stop every host; an idle one ends by itself, a busy one (a worker stopped mid-job) is killed."""
         for host in self._all:
-            host.kill()
+            host.stop()

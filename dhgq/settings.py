@@ -138,7 +138,11 @@ class Settings(BaseSettings):
 
     # Models
     whisper_engine: Literal["faster-whisper", "openai-whisper"] = "faster-whisper"
-    whisper_model: str = "tiny.en"
+    whisper_model: str = Field(
+        "auto",
+        description="auto: whisper_english_model when the language is English, else whisper_multilingual_model; "
+        "or a model name, or a CTranslate2 model directory",
+    )
     whisper_compute_type: str = "int8"
     whisper_language: str | None = None
     diarization_engine: Literal["local", "pyannote"] = "local"
@@ -220,6 +224,21 @@ class Settings(BaseSettings):
     )
     api_max_wait_seconds: float = Field(
         3600.0, gt=0, description="the longest Retry-After honoured; a longer one is cut to this"
+    )
+
+    # (issue 25) Drive folders watched for new talks, and the Whisper model when the request names none
+    drive_watch_seconds: int = Field(
+        60, ge=10, description="seconds between two checks of a watched Drive folder (dhgq drive watch)"
+    )
+    whisper_english_model: str = Field(
+        "tiny.en",
+        description="DHGQ_WHISPER_MODEL=auto: the model when the language is English (the request's or "
+        "DHGQ_WHISPER_LANGUAGE)",
+    )
+    whisper_multilingual_model: str = Field(
+        "base",
+        description="DHGQ_WHISPER_MODEL=auto: the model when the language is another or unknown (detected); "
+        "the English one when this is not installed",
     )
 
     # Logs

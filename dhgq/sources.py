@@ -46,12 +46,25 @@ class AmbiguousSource(PermanentError):
 
 @dataclass
 class Added:
-    """One file handed to ``add_file``: the new source, or the one that already had its content."""
+    """One file handed to ``add_file`` (or URI to ``add_uri``): the new source, or the one that already had it."""
 
-    path: Path
+    path: Path | str
     source_id: str
     created: bool
-    size: int
+    size: int | None
+    note: str = ""  # for a known source given options: what became of them
+
+
+# Which stage an option changes the output of: a known source given new options runs again from there.
+OPTION_STAGES = {
+    "model": "transcription",
+    "language": "transcription",
+    "initial_prompt": "transcription",
+    "vocabulary": "transcription",
+    "num_speakers": "diarization",
+    "min_speakers": "diarization",
+    "max_speakers": "diarization",
+}
 
 
 def is_media(path: Path) -> bool:
@@ -119,6 +132,89 @@ def add_file(
             )
         )
     return Added(path, str(row[0]), True, size)
+
+
+def add_uri(
+    conn: psycopg.Connection,
+    uri: str,
+    *,
+    origin: str = "dhgq",
+    options: dict[str, Any] | None = None,
+    batch_id: str | None = None,
+) -> Added:
+    """A source for a ``storage://``, ``gdrive://`` or ``https://`` URI, unless one names it already; the URI is
+    checked here as the worker will read it (PermanentError, naming it, when it cannot be)."""
+    name = check_uri(uri)
+    with conn.transaction():
+        conn.execute(query("lock_content_hash"), {"content_hash": uri})  # the same lock, keyed by the URI
+        known = conn.execute(query("source_by_path"), {"path": uri}).fetchone()
+        if known is not None:
+            return Added(uri, str(known[0]), False, None)
+        row = one(
+            conn.execute(
+                query("insert_source"),
+                {
+                    "name": name,
+                    "path": uri,
+                    "size": None,
+                    "content_hash": None,
+                    "batch_id": batch_id,
+                    "mime_type": MEDIA_TYPES.get(Path(name).suffix.lower(), "application/octet-stream"),
+                    "metadata": Jsonb({"added_by": origin}),
+                    "options": Jsonb(options or {}),
+                },
+            )
+        )
+        start(conn, str(row[0]))  # a name without a media extension (a Drive id): extraction tells what it is
+    return Added(uri, str(row[0]), True, None)
+
+
+def check_uri(uri: str) -> str:
+    """The name a source URI gets (its last part), once it is one the worker can fetch."""
+    from urllib.parse import urlsplit
+
+    from dhgq.fetch.gdrive import parse_drive_uri
+    from dhgq.fetch.keys import parse_storage_uri
+
+    scheme = uri.partition("://")[0].lower()
+    if scheme == "storage":
+        return parse_storage_uri(uri)[1].rsplit("/", 1)[-1]
+    if scheme == "gdrive":
+        return parse_drive_uri(uri)
+    if scheme in ("https", "http"):
+        parts = urlsplit(uri)
+        if not parts.hostname:
+            raise PermanentError(f"{uri}: not a URL with a host", file=uri)
+        return parts.path.rstrip("/").rsplit("/", 1)[-1] or parts.hostname
+    raise PermanentError(f"{uri}: not a media file, nor a storage://, gdrive:// or https:// URI", file=uri)
+
+
+def apply_options(conn: psycopg.Connection, source_id: str, options: dict[str, Any]) -> str:
+    """A known source given options: nothing when it has them already; else they replace its own and the
+    stages they change run again (then the fan-in and summary), or PermanentError while a run is in flight
+    (the options would apply to half of it)."""
+    current = one(conn.execute(query("source_options"), {"source_id": source_id}))[0] or {}
+    changed = sorted(key for key, value in options.items() if current.get(key) != value)
+    if not changed:
+        return ""
+    stages = sorted({OPTION_STAGES.get(key, "extraction") for key in changed})
+    try:
+        queued = _rerun_with(conn, source_id, stages, options)
+    except psycopg.errors.ObjectNotInPrerequisiteState:  # never got that far: everything again
+        queued = _rerun_with(conn, source_id, ["extraction"], options)
+    if queued is None:
+        raise PermanentError(
+            f"source {source_id} is being processed with its earlier options, so {', '.join(changed)} "
+            f"{'was' if len(changed) == 1 else 'were'} not applied: give them again once it has finished "
+            f"(dhgq status {source_id[:8]})"
+        )
+    return f"new {', '.join(changed)}: {', '.join(queued)} queued again"
+
+
+def _rerun_with(conn: psycopg.Connection, source_id: str, stages: list[str], options: dict[str, Any]) -> Any:
+    params = {"source_id": source_id, "stages": stages, "fresh": False, "reason": "manual", "options": Jsonb(options)}
+    with conn.transaction():
+        return one(conn.execute(query("rerun_source"), params))[0]
 
 
 def start(conn: psycopg.Connection, source_id: str) -> None:

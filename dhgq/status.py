@@ -327,12 +327,6 @@ def dead_letter_sources(conn: psycopg.Connection) -> list[str]:
     return [str(row[0]) for row in conn.execute(query("cli_dead_letter_sources"))]
 
 
-def live_workers(conn: psycopg.Connection, stalled_after: float) -> int:
-    """Workers whose heartbeat is recent."""
-    row = one(conn.cursor(row_factory=dict_row).execute(query("cli_live_workers"), {"stalled_after": stalled_after}))
-    return int(row["workers"])
-
-
 def next_retry_in(conn: psycopg.Connection, source_id: str) -> float | None:
     """Seconds until the source's next waiting job may run (a retry backs off); None when none waits."""
     return one(conn.execute(query("cli_next_retry_in"), {"source_id": source_id}))[0]

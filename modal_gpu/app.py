@@ -130,8 +130,10 @@ class Transcriber:
         return self.engines[model]
 
     @modal.method()
-    def transcribe(self, audio: Audio, model: str | None = None, language: str | None = None) -> dict[str, Any]:
-        return run_transcription(self.engine_for(model or self.model), audio, language)
+    def transcribe(
+        self, audio: Audio, model: str | None = None, language: str | None = None, prompt: str | None = None
+    ) -> dict[str, Any]:
+        return run_transcription(self.engine_for(model or self.model), audio, language, prompt)
 
     @modal.method()
     def detect_language(self, snippets: list[bytes], model: str | None = None) -> dict[str, Any]:
@@ -193,13 +195,15 @@ def transcribe_long(
     language: str | None = None,
     engine: str = "openai-whisper",
     max_chunk: float = 60.0,
+    prompt: str | None = None,
 ) -> dict[str, Any]:
     """Long audio on many GPUs at once (at most ``max_containers``), stitched into one transcript."""
     transcriber = Transcriber(engine=engine, model=model or DEFAULT_WHISPER_MODEL)  # type: ignore[call-arg]
     local = modal.is_local()
 
     def run_chunks(chunks: Sequence[bytes], chunk_language: str | None) -> list[Any]:
-        return fan_out(transcriber.transcribe, local, model=model, language=chunk_language)(chunks)  # type: ignore[no-any-return]
+        run = fan_out(transcriber.transcribe, local, model=model, language=chunk_language, prompt=prompt)
+        return run(chunks)  # type: ignore[no-any-return]
 
     detect = transcriber.detect_language.local if local else transcriber.detect_language.remote
     return run_long_transcription(audio, run_chunks, max_chunk, language=language, detect=detect)

@@ -142,12 +142,18 @@ class OpenAIWhisper:
         _, probabilities = self.model.detect_language(mel)
         return sorted(((code, float(p)) for code, p in probabilities.items()), key=lambda item: -item[1])[:5]
 
-    def transcribe(self, wav_path: Path, *, language: str | None = None) -> Transcript:
+    def transcribe(self, wav_path: Path, *, language: str | None = None, prompt: str | None = None) -> Transcript:
         import whisper
 
         audio = whisper.load_audio(str(wav_path))
         result = self.model.transcribe(
-            audio, language=language, word_timestamps=True, fp16=self.device == "cuda", verbose=None
+            audio,
+            language=language,
+            word_timestamps=True,
+            fp16=self.device == "cuda",
+            verbose=None,
+            initial_prompt=prompt,
+            carry_initial_prompt=bool(prompt),  # the user's hints in every window, not only the first
         )
         segments = segments_of_openai_result(result)
         return Transcript(
@@ -181,11 +187,20 @@ def prefetch_whisper(models: Sequence[str], root: Path = WHISPER_ROOT) -> list[s
     return fetched
 
 
-def run_transcription(engine: Any, audio: Audio, language: str | None) -> dict[str, Any]:
-    """The body of ``Transcriber.transcribe``: audio in, the wire dict out."""
+def run_transcription(engine: Any, audio: Audio, language: str | None, prompt: str | None = None) -> dict[str, Any]:
+    """The body of ``Transcriber.transcribe``: audio in, the wire dict out. ``prompt``: the user's hints as
+    one text (initial_prompt, then the vocabulary), for openai-whisper's initial_prompt."""
     started = time.perf_counter()
+    hints: dict[str, Any] = {}
+    if prompt:
+        if isinstance(engine, OpenAIWhisper):
+            hints["prompt"] = prompt
+        else:  # dhgq's own engines (local runs of the app)
+            from dhgq.media.transcription.engines import Prompt
+
+            hints["prompt"] = Prompt(prompt)
     with scratch_wav(fetch_audio(audio)) as path:
-        transcript = engine.transcribe(path, language=language)
+        transcript = engine.transcribe(path, language=language, **hints)
     return {
         "transcript": transcript_to_dict(transcript),
         "device": device_name(),

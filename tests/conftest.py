@@ -172,6 +172,10 @@ def storage_stack(pg_info: ServerInfo) -> Iterator[StorageStack]:
             authenticator_url=role_url(pg_info, name, "authenticator"),
             workdir=workdir,
         ) as stack:
+            # uploads of media start no requests here unless a test turns it on (test_upload_requests.py):
+            # the tests that upload media for other reasons must not leave pipelines behind
+            with psycopg.connect(stack.database_url, autocommit=True) as conn:
+                conn.execute("UPDATE dhgq.config SET value = 'false' WHERE key = 'process_uploads'")
             yield stack
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -50,11 +50,13 @@ def demo(
     say(f"database: {mask_url(url)}")
     applied = migrations.migrate(url)
     say(f"schema: applied {len(applied)} migration(s)" if applied else "schema: up to date")
+    options: dict[str, str] = {}
     if path is None:
         say("making a two-speaker sample talk (espeak-ng, sox, ffmpeg)")
         path = sample.two_speaker_talk(settings.home / "samples" / "two-speaker-talk.mp4")
+        options["language"] = "en"  # the sample is English; a talk of yours is detected (DHGQ_WHISPER_MODEL=auto)
     with connect(url, autocommit=True, timeout=settings.db_connect_timeout) as conn:
-        source_id = _queue(conn, path, say)
+        source_id = _queue(conn, path, say, options)
         started = time.monotonic()
         _run_worker(conn, settings, url, source_id, quiet=json_output)
         detail = fetch_detail(conn, source_id, turns=8)
@@ -70,9 +72,9 @@ def demo(
         raise fail(f"the worker went idle with the pipeline {detail.source.state}: see the log above and `dhgq jobs`")
 
 
-def _queue(conn: psycopg.Connection, path: Path, say: Callable[[str], object]) -> str:
+def _queue(conn: psycopg.Connection, path: Path, say: Callable[[str], object], options: dict[str, str]) -> str:
     """Add the talk; a known one is resumed (failed stages) or shown as it is (completed)."""
-    added = sources.add_file(conn, path, origin="dhgq demo")
+    added = sources.add_file(conn, path, origin="dhgq demo", options=options)
     row = fetch_sources(conn, [added.source_id])[0]
     note = "added" if added.created else f"already known ({row.state})"
     if not added.created and row.state == "failed":

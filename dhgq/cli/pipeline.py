@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,13 +13,16 @@ import psycopg
 import typer
 from rich import box
 from rich.markup import escape
+from rich.padding import Padding
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from dhgq import budget, sources
 from dhgq.cli.common import JsonOption, connected, emit_json, fail, seconds, settings_of, stderr, stdout, when
 from dhgq.db import database_url
 from dhgq.errors import PermanentError
+from dhgq.fetch import is_remote
 from dhgq.media.export import FORMATS, render
 from dhgq.settings import STAGES, Settings
 from dhgq.status import (
@@ -29,13 +33,13 @@ from dhgq.status import (
     fetch_dead_letter,
     fetch_detail,
     fetch_documents,
+    fetch_fleet,
     fetch_jobs,
     fetch_snapshot,
     fetch_sources,
     follow_stages,
-    live_workers,
 )
-from dhgq.status_text import stage_cell, state_text
+from dhgq.status_text import state_text
 
 
 class StatusChoice(StrEnum):
@@ -69,8 +73,12 @@ SourceArgument = Annotated[str, typer.Argument(help="A source id, a unique id pr
 def process(
     ctx: typer.Context,
     paths: Annotated[
-        list[Path],
-        typer.Argument(help="Media files or directories (searched recursively).", exists=True, resolve_path=True),
+        list[str],
+        typer.Argument(
+            help="Media files or directories (searched recursively), or storage://BUCKET/KEY, gdrive://FILE_ID "
+            "and https:// URIs.",
+            show_default=False,
+        ),
     ],
     wait: Annotated[bool, typer.Option("--wait", help="Follow the sources until their pipelines end.")] = False,
     timeout: Annotated[float | None, typer.Option(help="With --wait: give up after this many seconds.")] = None,
@@ -81,7 +89,21 @@ def process(
         str | None, typer.Option("--language", help="Spoken language, an ISO 639 code such as en (default: detect).")
     ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", help="Whisper model for these files (default: DHGQ_WHISPER_MODEL).")
+        str | None,
+        typer.Option(
+            "--model",
+            help="Whisper model for these files (default: DHGQ_WHISPER_MODEL, auto); one the workers can run.",
+        ),
+    ] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option(
+            "--prompt", help="Text that steers the transcript's spelling and style (Whisper's initial prompt)."
+        ),
+    ] = None,
+    vocabulary: Annotated[
+        list[str] | None,
+        typer.Option("--vocabulary", "-V", help="A name or term the talk uses (repeat the option for more)."),
     ] = None,
     priority: Annotated[
         int | None,
@@ -91,23 +113,44 @@ def process(
     ] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Add media files as sources (skipping content already known); their pipelines start at once."""
-    files = sources.media_files(paths)
-    if not files:
+    """Add media files or URIs as sources (skipping what is already known); their pipelines start at once.
+
+    Options given for a file that is known already are applied: the stages they change run again (or the
+    file is refused, with why, while its pipeline is running)."""
+    settings = settings_of(ctx)
+    if model is not None:
+        check_model(settings, model)
+    uris = [p for p in paths if is_remote(p)]
+    files = sources.media_files([Path(p) for p in paths if not is_remote(p)]) if len(uris) < len(paths) else []
+    if not files and not uris:
         raise PermanentError(f"no media files ({', '.join(sorted(sources.MEDIA_TYPES))}) under the given paths")
-    options = {
-        key: value
-        for key, value in {"num_speakers": speakers, "language": language, "model": model, "priority": priority}.items()
-        if value is not None
+    given = {
+        "num_speakers": speakers,
+        "language": language,
+        "model": model,
+        "initial_prompt": prompt,
+        "priority": priority,
     }
+    options: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
+    if vocabulary:
+        options["vocabulary"] = vocabulary
+    refused: list[str] = []
     with connected(ctx) as conn:
-        batch_name = str(paths[0]) if len(paths) == 1 and paths[0].is_dir() else f"{len(files)} file(s)"
-        batch_id: str | None = budget.new_batch(conn, batch_name, len(files), {"options": options})
+        single_dir = len(paths) == 1 and not uris and Path(paths[0]).is_dir()
+        batch_name = paths[0] if single_dir else f"{len(files) + len(uris)} file(s)"
+        batch_id: str | None = budget.new_batch(conn, batch_name, len(files) + len(uris), {"options": options})
         try:
-            added = _add_with_progress(conn, files, options, quiet=json_output, batch_id=batch_id)
+            added = _add_with_progress(conn, files, uris, options, quiet=json_output, batch_id=batch_id)
         finally:
             if budget.discard_empty_batch(conn, batch_id):  # nothing new (known files, refused options)
                 batch_id = None
+        for a in added:
+            if not a.created and options:
+                try:
+                    a.note = sources.apply_options(conn, a.source_id, options)
+                except PermanentError as exc:
+                    a.note = f"refused: {exc.message}"
+                    refused.append(exc.message)
         ids = list(dict.fromkeys(a.source_id for a in added))
         rows = follow(ctx, conn, ids, timeout=timeout, quiet=json_output) if wait else fetch_sources(conn, ids)
     states = {row.source_id: row for row in rows}
@@ -122,6 +165,7 @@ def process(
                         "created": a.created,
                         "state": _state(states.get(a.source_id)),
                         "progress": states[a.source_id].progress if a.source_id in states else None,
+                        "options": a.note or None,
                     }
                     for a in added
                 ],
@@ -131,9 +175,32 @@ def process(
         new = sum(a.created for a in added)
         stderr.print(f"{new} new source(s), {len(added) - new} already known")
         for a in added:
-            stdout.print(f"{a.source_id}  {_state(states.get(a.source_id)):<12} {a.path}", highlight=False)
-    if wait and any(row.state == "failed" for row in rows):
+            line = f"{a.source_id}  {_state(states.get(a.source_id)):<12} {a.path}"
+            stdout.print(line, highlight=False, soft_wrap=True)  # one line per source, whatever the width
+            if a.note:
+                (stderr if a.note.startswith("refused") else stdout).print(f"  {a.note}", highlight=False)
+    if refused or (wait and any(row.state == "failed" for row in rows)):
         raise typer.Exit(1)
+
+
+def check_model(settings: Settings, model: str) -> None:
+    """A --model the workers can run: an installed packaged model (or a model directory) locally, one of the
+    Modal app's when the model stages run on Modal; PermanentError listing those otherwise."""
+    from dhgq import gpu
+    from dhgq.media.transcription.models import AUTO, installed_models, is_installed
+    from dhgq.versions import backend_name
+
+    if backend_name(settings) == "modal":
+        if model not in gpu.MODAL_WHISPER_MODELS:
+            known = ", ".join(sorted(gpu.MODAL_WHISPER_MODELS))
+            raise PermanentError(f"--model {model}: the Modal app runs {known}")
+        return
+    if model != AUTO and not is_installed(model):
+        installed = ", ".join([AUTO, *installed_models()])
+        raise PermanentError(
+            f"--model {model}: not a model this machine's workers can run (installed: {installed}, or a directory "
+            "holding a CTranslate2 model.bin; others run on Modal, DHGQ_GPU_BACKEND=modal)"
+        )
 
 
 def _state(row: SourceRow | None) -> str:
@@ -141,15 +208,24 @@ def _state(row: SourceRow | None) -> str:
 
 
 def _add_with_progress(
-    conn: psycopg.Connection, files: list[Path], options: dict[str, Any], *, quiet: bool, batch_id: str | None = None
+    conn: psycopg.Connection,
+    files: list[Path],
+    uris: list[str],
+    options: dict[str, Any],
+    *,
+    quiet: bool,
+    batch_id: str | None = None,
 ) -> list[sources.Added]:
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn())
     with Progress(*columns, console=stderr, transient=True, disable=quiet) as progress:
-        task = progress.add_task("adding", total=len(files))
+        task = progress.add_task("adding", total=len(files) + len(uris))
         added = []
         for path in files:
             progress.update(task, description=f"hashing {path.name}")
             added.append(sources.add_file(conn, path, origin="dhgq process", options=options, batch_id=batch_id))
+            progress.advance(task)
+        for uri in uris:
+            added.append(sources.add_uri(conn, uri, origin="dhgq process", options=options, batch_id=batch_id))
             progress.advance(task)
     return added
 
@@ -171,7 +247,7 @@ def follow(
         TaskProgressColumn(),
         TextColumn("{task.fields[state]}"),
     )
-    _warn_without_workers(conn, settings.stalled_after, quiet)
+    warned, checked = "", float("-inf")
     url = database_url(settings)
     with (
         follow_stages(url, timeout=settings.db_connect_timeout) as changes,
@@ -186,15 +262,35 @@ def follow(
                 )
             if all(row.state in DONE for row in rows) or (deadline and time.monotonic() > deadline):
                 break
+            if time.monotonic() - checked > WORKER_CHECK_SECONDS:  # at the start, then now and then: workers stop
+                checked, warning = time.monotonic(), unserved(conn, rows, settings.stalled_after)
+                if warning and warning != warned:
+                    progress.console.print(f"[yellow]{escape(warning)}[/yellow]", highlight=False)
+                warned = warning
             changes.wait(2.0)  # woken by a stage change; reads again after 2 s without one
     if deadline and not all(row.state in DONE for row in rows):
         raise fail(f"timed out after {timeout:.0f}s; the sources keep going (dhgq status)")
     return rows
 
 
-def _warn_without_workers(conn: psycopg.Connection, stalled_after: float, quiet: bool) -> None:
-    if not quiet and not live_workers(conn, stalled_after):
-        stderr.print("[yellow]no live worker:[/yellow] start one with `dhgq worker` (waiting)")
+WORKER_CHECK_SECONDS = 10.0
+
+
+def unserved(conn: psycopg.Connection, rows: list[SourceRow], stalled_after: float) -> str:
+    """What no live worker (dhgq.workers) will run: none at all, or the queues of waiting stages that no live
+    worker serves; empty when every waiting stage has a worker."""
+    alive = [w for w in fetch_fleet(conn, stalled_after) if w.alive]
+    if not alive:
+        return "no worker is running: start one with `dhgq worker` (waiting for one)"
+    served = {queue for w in alive for queue in w.queues}
+    waiting = sorted(
+        {stage for row in rows for stage, state in row.stages.items() if state.status == "queued"} - served,
+        key=STAGES.index,
+    )
+    if not waiting:
+        return ""
+    flags = " ".join(f"-q {stage}" for stage in waiting)
+    return f"no live worker serves the {', '.join(waiting)} queue(s): start one with `dhgq worker {flags}` (waiting)"
 
 
 def _stage_label(row: SourceRow) -> str:
@@ -247,32 +343,46 @@ def _emit_overview(snapshot: QueueSnapshot, json_output: bool) -> None:
     for pause in snapshot.paused:
         stdout.print(f"[yellow]paused:[/yellow] {escape(pause.describe())}", highlight=False)
     _print_fleet(snapshot)
-    recent = listing("id", "state", "progress", "extract", "transcr", "diarize", "summary", title="Recent sources")
+    recent = listing("id", "state", "done", "e t d s", title="Recent sources")
     for row in snapshot.sources:
-        recent.add_row(
-            row.source_id[:8],
-            state_text(row.state),
-            f"{row.progress:.0f}%",
-            *(stage_cell(row.stages.get(s)) for s in STAGES),
-            row.name,
-        )
+        recent.add_row(row.source_id[:8], state_text(row.state), f"{row.progress:.0f}%", stage_marks(row), row.name)
     stdout.print(recent)
+    if snapshot.sources:
+        stderr.print("[dim]e t d s: the four stages; ✔ done ▶ running … waiting ✖ failed[/dim]", highlight=False)
+
+
+MARKS = {"completed": ("✔", "green"), "processing": ("▶", "yellow"), "failed": ("✖", "bold red")}
+
+
+def stage_marks(row: SourceRow) -> Text:
+    """The four stages of a source in seven columns: ✔ done, ▶ running, … waiting, ✖ failed, · not yet."""
+    marks = Text()
+    for index, stage in enumerate(STAGES):
+        state = row.stages.get(stage)
+        mark, style = ("·", "dim") if state is None else MARKS.get(state.status, ("…", "cyan"))
+        marks.append(("" if index == 0 else " ") + mark, style=style)
+    return marks
 
 
 def _print_fleet(snapshot: QueueSnapshot) -> None:
     """The worker processes by host: what each serves, which artifact store, what it holds now."""
     if not snapshot.fleet:
         return
-    table = Table("host", "pid", "state", "queues", "store", "stages", "seen", title="Workers", box=box.SIMPLE_HEAD)
+    table = Table(title="Workers", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    for column in ("host", "pid", "state", "store", "busy", "seen"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("queues", overflow="fold", ratio=1)
+    today = datetime.now().astimezone().date()
     for w in snapshot.fleet:
+        seen = w.seen_at.astimezone() if w.seen_at else None
         table.add_row(
             w.host,
             str(w.pid),
             "[green]alive[/green]" if w.alive else "[dim]gone[/dim]",
-            ",".join(w.queues),
             w.artifact_store or "",
             str(w.stages_in_hand),
-            when(w.seen_at),
+            "-" if seen is None else seen.strftime("%H:%M:%S" if seen.date() == today else "%Y-%m-%d"),
+            "all" if set(STAGES) <= set(w.queues) else ",".join(w.queues),
         )
     stdout.print(table)
 
@@ -355,18 +465,17 @@ def dead_letter(ctx: typer.Context, json_output: JsonOption = False) -> None:
     if not rows:
         stderr.print("nothing in the dead letter")
         return
-    table = listing("source", "stage", "class", "tries", "failed at", error=True)
-    for r in rows:
-        table.add_row(
-            str(r["source_id"])[:8],
-            r["stage"],
-            r["error_class"] or "",
-            str(r["attempts"] or 0),
-            when(r["failed_at"]),
-            r["source_name"],
-            r["error"] or "",
+    for r in rows:  # the source, the facts, the reason, each on its lines: readable at any width, 80 included
+        tries = r["attempts"] or 0
+        stdout.print(
+            f"[bold]{str(r['source_id'])[:8]}[/bold]  {escape(r['source_name'] or '')}",
+            highlight=False,
+            overflow="ellipsis",
+            no_wrap=True,
         )
-    stdout.print(table)
+        facts = f"{r['stage']}, {r['error_class'] or 'unclassified'}, {tries} tr{'y' if tries == 1 else 'ies'}"
+        stdout.print(f"  [dim]{facts}, failed {when(r['failed_at'])}[/dim]", highlight=False)
+        stdout.print(Padding(Text(r["error"] or "(no reason recorded)", style="red"), (0, 0, 1, 2)))
 
 
 def retry(

@@ -23,8 +23,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from dhgq import sources
-from dhgq.cli.common import JsonOption, connected, emit_json, stderr, stdout
-from dhgq.cli.pipeline import StageChoice
+from dhgq.cli.common import JsonOption, connected, emit_json, settings_of, stderr, stdout
+from dhgq.cli.pipeline import StageChoice, check_model
 from dhgq.errors import PermanentError
 from dhgq.queries import query
 from dhgq.where_filter import compile_filter
@@ -84,6 +84,8 @@ def rerun(
 ) -> None:
     """Run a stage of some sources again (and what depends on it), or only what is stale."""
     _check(source, all_sources, where, stage, stale, model, speakers)
+    if model is not None:
+        check_model(settings_of(ctx), model)
     options = {key: value for key, value in {"model": model, "num_speakers": speakers}.items() if value is not None}
     with connected(ctx) as conn:
         ids = _selected(conn, source, all_sources, where)
@@ -91,7 +93,7 @@ def rerun(
         if not dry_run:
             for outcome in outcomes:
                 _rerun(conn, outcome, fresh=not stale, reason="stale" if stale else "manual", options=options)
-    _report(outcomes, json_output)
+    _report(outcomes, json_output, dry_run=dry_run)
     if any(o.status == "error" for o in outcomes) or (source is not None and not stale and not _all_went(outcomes)):
         raise typer.Exit(1)
 
@@ -194,9 +196,10 @@ def _first_line(exc: psycopg.Error) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _report(outcomes: list[Outcome], json_output: bool) -> None:
+def _report(outcomes: list[Outcome], json_output: bool, *, dry_run: bool = False) -> None:
     if json_output:
-        emit_json({"reruns": [asdict(o) for o in outcomes], "queued": sum(o.status == "queued" for o in outcomes)})
+        count = {"planned": len(outcomes)} if dry_run else {"queued": sum(o.status == "queued" for o in outcomes)}
+        emit_json({"reruns": [asdict(o) for o in outcomes], "dry_run": dry_run, **count})
         return
     if not outcomes:
         stderr.print("nothing to run again")
@@ -207,5 +210,8 @@ def _report(outcomes: list[Outcome], json_output: bool) -> None:
         stdout.print(
             f"{o.source_id[:8]}  {o.status:<10} {what}{why}  {o.name}{detail}", highlight=False, soft_wrap=True
         )
+    if dry_run:  # nothing was queued: say what would run, never "queued"
+        stderr.print(f"{len(outcomes)} source(s) would run again (--dry-run: nothing was changed)")
+        return
     queued = sum(o.status == "queued" for o in outcomes)
     stderr.print(f"{queued} of {len(outcomes)} source(s) queued again")

@@ -1,12 +1,11 @@
-"""``gdrive://FILE_ID``: a Google Drive file, read as a service account.
+"""``gdrive://FILE_ID``: a Google Drive file, read with Google credentials (``google_credentials.py``).
 
-The worker has no user to ask for consent, so it signs in as a service account (OAuth 2.0's JWT
-bearer grant, RFC 7523): it signs a short assertion with the account's private key, trades it at
-Google's token endpoint for an access token, and keeps that token for the hour it lasts. A file is
-readable when it was shared with the account's email (or lies in a shared drive the account is a
-member of). The file's metadata is read first, so that a folder, a Google Doc or a file over the
-size limit is refused before any byte is downloaded; the content then streams to disk through
-``http.download``, and Drive's md5 checksum is checked against what arrived.
+The worker has no user to ask for consent, so it reads as a service account (its JSON key) or as
+the machine's Application Default Credentials, through google-auth. A file is readable when it was
+shared with the account's email (or lies in a shared drive the account is a member of). The file's
+metadata is read first, so that a folder, a Google Doc or a file over the size limit is refused
+before any byte is downloaded; the content then streams to disk through ``http.download``, and
+Drive's md5 checksum is checked against what arrived.
 
 The metadata goes back under the ``sources_google`` column names, ready to be stored as they are.
 """
@@ -14,31 +13,21 @@ The metadata goes back under the ``sources_google`` column names, ready to be st
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 import httpx
-import jwt
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from dhgq.errors import ConfigurationError, PermanentError, TransientError
+from dhgq.errors import PermanentError, TransientError
 from dhgq.fetch.files import CHUNK, Fetched, target_name
+from dhgq.fetch.google_credentials import DRIVE_SCOPE, DriveCredentials, drive_credentials
 from dhgq.fetch.http import download
 from dhgq.netguard import Guard
 from dhgq.settings import Settings
 
-DRIVE_SCOPE = "https://www.googleapis.com/auth/drive.readonly"
-JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
-ASSERTION_SECONDS = 3600  # the longest Google accepts
-REFRESH_MARGIN = 300.0  # seconds before expiry a cached token is replaced, so none expires mid-request
+__all__ = ["DRIVE_SCOPE", "download_drive_file", "parse_drive_uri"]
+
 FILE_ID = re.compile(r"[A-Za-z0-9_-]{10,200}")
 GOOGLE_APPS = "application/vnd.google-apps."
 METADATA_FIELDS = "id,name,mimeType,size,md5Checksum,modifiedTime,webViewLink,thumbnailLink,parents,driveId"
@@ -54,38 +43,13 @@ COLUMNS = {
     "thumbnailLink": "thumbnail_link",
     "driveId": "root_drive_id",
 }
-KEY_FIX = (
-    "set DHGQ_GDRIVE_SERVICE_ACCOUNT_FILE to a service account's JSON key (Google Cloud console: IAM & Admin > "
-    "Service accounts > Keys > Add key > JSON) and share the Drive files with that account's email"
-)
-
-
-@dataclass(frozen=True)
-class ServiceAccount:
-    """What a service account's JSON key holds that the token request needs; the key never shows in a repr."""
-
-    client_email: str
-    private_key_id: str | None
-    token_uri: str
-    key_file: Path
-    private_key: RSAPrivateKey = field(repr=False, compare=False)
-
-
-@dataclass(frozen=True)
-class _Token:
-    value: str
-    expires_at: float  # time.monotonic()
-
-
-_tokens: dict[tuple[str, str, str | None], _Token] = {}
-_tokens_lock = threading.Lock()
 
 
 def download_drive_file(uri: str, scratch: Path, settings: Settings) -> Fetched:
     """Download the Drive file ``uri`` names into ``scratch``; its metadata under sources_google's column names."""
     file_id = parse_drive_uri(uri)
-    account = load_service_account(settings)
-    token = access_token(account, settings.fetch_timeout, source=uri)
+    account = drive_credentials(settings)
+    token = account.token(source=uri)
     meta = file_metadata(file_id, token, account, settings, source=uri)
     check_downloadable(meta, settings.max_source_bytes, source=uri)
     target = scratch / target_name(str(meta.get("name") or ""), fallback=file_id)
@@ -127,169 +91,30 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-# --- the service account -------------------------------------------------------------------------
-
-
-def load_service_account(settings: Settings) -> ServiceAccount:
-    """The configured service account; ConfigurationError (never the key's text) when it is missing or unusable."""
-    path = settings.gdrive_service_account_file
-    if path is None:
-        raise ConfigurationError(f"gdrive:// sources need a Google service account: {KEY_FIX}")
-    data = _read_key_file(path)
-    kind = data.get("type")
-    if kind != "service_account":
-        raise ConfigurationError(
-            f"{path} is a {kind or 'untyped'} credentials file, not a service account key: {KEY_FIX}"
-        )
-    email, pem = data.get("client_email"), data.get("private_key")
-    if not isinstance(email, str) or not email or not isinstance(pem, str) or not pem:
-        raise ConfigurationError(f"{path}: the key lacks client_email or private_key: {KEY_FIX}")
-    key_id = data.get("private_key_id")
-    token_uri = data.get("token_uri") or DEFAULT_TOKEN_URI
-    return ServiceAccount(
-        client_email=email,
-        private_key_id=key_id if isinstance(key_id, str) and key_id else None,
-        token_uri=str(token_uri),
-        key_file=path,
-        private_key=_private_key(pem, path),
-    )
-
-
-def _read_key_file(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigurationError(f"{path}: cannot read the service account key ({exc.strerror}): {KEY_FIX}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ConfigurationError(f"{path}: not a JSON key file: {KEY_FIX}") from None
-    if not isinstance(data, dict):
-        raise ConfigurationError(f"{path}: not a JSON key file: {KEY_FIX}")
-    return data
-
-
-def _private_key(pem: str, path: Path) -> RSAPrivateKey:
-    """The key parsed once, here, so that a damaged key is a configuration error and not a failed request."""
-    try:
-        key = serialization.load_pem_private_key(pem.encode(), password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        key = None
-    if not isinstance(key, RSAPrivateKey):
-        raise ConfigurationError(f"{path}: private_key is not an unencrypted PEM RSA key: {KEY_FIX}")
-    return key
-
-
-# --- the access token ----------------------------------------------------------------------------
-
-
-def access_token(account: ServiceAccount, timeout: float, *, source: str) -> str:
-    """A valid access token for ``account``: the cached one while it has time left, else a new one.
-
-    One token serves every download of the process for its hour: the token endpoint is rate
-    limited and a round trip slower than the cache. The lock keeps concurrent stages from each
-    asking for their own.
-    """
-    cache_key = _cache_key(account)
-    with _tokens_lock:
-        cached = _tokens.get(cache_key)
-        if cached is not None and cached.expires_at - REFRESH_MARGIN > time.monotonic():
-            return cached.value
-        token = request_token(account, timeout, source=source)
-        _tokens[cache_key] = token
-        return token.value
-
-
-def forget_token(account: ServiceAccount) -> None:
-    """Drop the cached token (Drive rejected it: revoked, or the clock lied), so the retry asks for a new one."""
-    with _tokens_lock:
-        _tokens.pop(_cache_key(account), None)
-
-
-def clear_token_cache() -> None:
-    """Forget every cached token (tests, and a key rotated under a running worker)."""
-    with _tokens_lock:
-        _tokens.clear()
-
-
-def _cache_key(account: ServiceAccount) -> tuple[str, str, str | None]:
-    return (account.token_uri, account.client_email, account.private_key_id)
-
-
-def signed_assertion(account: ServiceAccount, now: int) -> str:
-    """The RS256-signed JWT that asks ``token_uri`` for a Drive read-only token on the account's behalf."""
-    claims = {
-        "iss": account.client_email,
-        "scope": DRIVE_SCOPE,
-        "aud": account.token_uri,
-        "iat": now,
-        "exp": now + ASSERTION_SECONDS,
-    }
-    headers = {"kid": account.private_key_id} if account.private_key_id else None
-    return jwt.encode(claims, account.private_key, algorithm="RS256", headers=headers)
-
-
-def request_token(account: ServiceAccount, timeout: float, *, source: str) -> _Token:
-    """Trade a fresh assertion for an access token (RFC 7523 section 2.1)."""
-    form = {"grant_type": JWT_BEARER_GRANT, "assertion": signed_assertion(account, int(time.time()))}
-    try:
-        response = httpx.post(account.token_uri, data=form, headers={"accept": "application/json"}, timeout=timeout)
-    except httpx.TimeoutException as exc:
-        raise TransientError(
-            f"{source}: Google's token endpoint timed out ({type(exc).__name__})", file=source
-        ) from None
-    except httpx.TransportError as exc:
-        raise TransientError(f"{source}: Google's token endpoint failed: {exc}", file=source) from None
-    if response.status_code != 200:
-        _raise_token_error(response, account, source)
-    return _token_from(response, source)
-
-
-def _token_from(response: httpx.Response, source: str) -> _Token:
-    """The access token of a 200 answer and when it expires (``expires_in``, an hour when not said)."""
-    try:
-        payload = response.json()
-        value = payload["access_token"]
-        expires_in = float(payload.get("expires_in", ASSERTION_SECONDS))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        value = None
-    if not isinstance(value, str) or not value:
-        raise TransientError(f"{source}: Google's token endpoint answered without an access token", file=source)
-    return _Token(value, time.monotonic() + expires_in)
-
-
-def _raise_token_error(response: httpx.Response, account: ServiceAccount, source: str) -> NoReturn:
-    """A refused grant (bad or deleted key, unknown account, clock skew) is permanent; an outage is transient."""
-    status = response.status_code
-    error, description = _oauth_error(response)
-    said = f"HTTP {status}" + (f" {error}" if error else "") + (f": {description}" if description else "")
-    if status in (408, 429) or status >= 500:
-        raise TransientError(f"{source}: Google's token endpoint failed ({said})", file=source)
-    raise PermanentError(
-        f"{source}: Google refused the service account {account.client_email} ({said}); check that the key in "
-        f"{account.key_file} is current (not deleted or disabled) and that this machine's clock is right",
-        file=source,
-    )
-
-
-def _oauth_error(response: httpx.Response) -> tuple[str, str]:
-    """(error, error_description) of an OAuth error body (RFC 6749 section 5.2), empty when there is none."""
-    try:
-        body = response.json()
-    except ValueError:
-        return "", ""
-    if not isinstance(body, dict):
-        return "", ""
-    return str(body.get("error") or ""), str(body.get("error_description") or "")
-
-
 # --- the file ------------------------------------------------------------------------------------
 
 
 def file_metadata(
-    file_id: str, token: str, account: ServiceAccount, settings: Settings, *, source: str
+    file_id: str, token: str, account: DriveCredentials, settings: Settings, *, source: str
 ) -> dict[str, Any]:
     """Drive's ``files.get`` for the fields sources_google keeps (shared drives included)."""
-    url = f"{api_base(settings)}/drive/v3/files/{file_id}"
     params = {"fields": METADATA_FIELDS, "supportsAllDrives": "true"}
+    return drive_json(f"files/{file_id}", params, token, account, settings, source=source, item=file_id)
+
+
+def drive_json(
+    path: str,
+    params: dict[str, str],
+    token: str,
+    account: DriveCredentials,
+    settings: Settings,
+    *,
+    source: str,
+    item: str,
+) -> dict[str, Any]:
+    """One GET of the Drive v3 API (``/drive/v3/<path>``) and its JSON object; Drive's errors as dhgq's
+    (``item`` names the file or folder a 404 is about)."""
+    url = f"{api_base(settings)}/drive/v3/{path}"
     try:
         response = httpx.get(url, params=params, headers=bearer(token), timeout=settings.fetch_timeout)
     except httpx.TimeoutException as exc:
@@ -297,33 +122,33 @@ def file_metadata(
     except httpx.TransportError as exc:
         raise TransientError(f"{source}: Drive failed: {exc}", file=source) from None
     if response.status_code != 200:
-        _raise_drive_error(response, file_id, account, source)
+        raise_drive_error(response, item, account, source)
     try:
-        meta = response.json()
+        body = response.json()
     except ValueError:
-        meta = None
-    if not isinstance(meta, dict):
-        raise TransientError(f"{source}: Drive answered with no file metadata", file=source)
-    return meta
+        body = None
+    if not isinstance(body, dict):
+        raise TransientError(f"{source}: Drive answered without a JSON object", file=source)
+    return body
 
 
-def _raise_drive_error(response: httpx.Response, file_id: str, account: ServiceAccount, source: str) -> NoReturn:
+def raise_drive_error(response: httpx.Response, file_id: str, account: DriveCredentials, source: str) -> NoReturn:
     status = response.status_code
     reason, message = _drive_error(response)
     said = f"HTTP {status}" + (f" {reason}" if reason else "") + (f": {message}" if message else "")
     if status == 404:
         raise PermanentError(
-            f"{source}: no such Drive file {file_id} (or not shared with the service account {account.client_email})",
+            f"{source}: no such Drive file {file_id} (or not shared with {account.who})",
             file=source,
         )
     if status == 401:
-        forget_token(account)
+        account.forget()
         raise TransientError(f"{source}: Drive rejected the access token ({said}); a new one is asked for", file=source)
     if status in (408, 429) or status >= 500 or reason in RATE_LIMIT_REASONS:
         raise TransientError(f"{source}: Drive failed ({said})", file=source)
     if status == 403:
         raise PermanentError(
-            f"{source}: Drive refused the service account {account.client_email} access to {file_id} ({said})",
+            f"{source}: Drive refused {account.who} access to {file_id} ({said})",
             file=source,
         )
     raise PermanentError(f"{source}: Drive refused the request ({said})", file=source)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -100,16 +101,46 @@ def render_txt(segments: list[Segment]) -> str:
 
 
 def render_subtitles(segments: list[Segment], fmt: str) -> str:
+    """SRT or WebVTT cues of at most two lines of ``LINE_CHARS`` characters (the broadcasters' rule, which
+    Netflix's and the BBC's subtitle guidelines share): a longer segment becomes several cues, timed by its
+    words where Whisper gave them, else in proportion to their length."""
     subtitles = pysubs2.SSAFile()
     for segment in segments:
-        subtitles.append(
-            pysubs2.SSAEvent(
-                start=round(segment.start * 1000),
-                end=round(segment.end * 1000),
-                text=with_speaker(segment.speaker, segment.text.strip()),
-            )
-        )
+        for start, end, lines in cues(segment):
+            subtitles.append(pysubs2.SSAEvent(start=round(start * 1000), end=round(end * 1000), text=r"\N".join(lines)))
     return subtitles.to_string(fmt)
+
+
+LINE_CHARS = 42
+CUE_LINES = 2
+
+
+def cues(segment: Segment) -> list[tuple[float, float, list[str]]]:
+    """A segment's text (its speaker first) as cues of at most CUE_LINES lines of LINE_CHARS, with their times."""
+    text = with_speaker(segment.speaker, segment.text.strip())
+    lines = textwrap.wrap(text, LINE_CHARS, break_long_words=True, break_on_hyphens=False) or [""]
+    groups = [lines[i : i + CUE_LINES] for i in range(0, len(lines), CUE_LINES)]
+    if len(groups) == 1:
+        return [(segment.start, segment.end, groups[0])]
+    total = sum(len(" ".join(group)) for group in groups)
+    timed: list[tuple[float, float, list[str]]] = []
+    start, done, spoken = segment.start, 0, _word_ends(segment)
+    for index, group in enumerate(groups):
+        done += len(" ".join(group))
+        if index == len(groups) - 1:
+            end = segment.end
+        elif spoken:
+            end = spoken[min(len(spoken) - 1, round(done / total * len(spoken)) - 1)]
+        else:
+            end = segment.start + (segment.end - segment.start) * done / total
+        end = min(max(end, start), segment.end)
+        timed.append((start, end, group))
+        start = end
+    return timed
+
+
+def _word_ends(segment: Segment) -> list[float]:
+    return [word.end for word in segment.words if segment.start <= word.end <= segment.end]
 
 
 def speakers_of(segments: list[Segment], diarization: Diarization | None) -> list[str]:

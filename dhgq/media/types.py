@@ -57,6 +57,7 @@ class Transcript:
     model: str
     engine: str
     duration_seconds: float | None = None
+    language_probability: float | None = None  # how sure the model was of a language it detected (None: asked for)
 
 
 @dataclass

@@ -22,3 +22,10 @@ UPDATE sources_google s
 -- Where the exports were uploaded (format -> storage:// URI), for the owner's app to offer.
 UPDATE sources_google SET metadata = metadata || jsonb_build_object('outputs', %(outputs)s::jsonb)
  WHERE id = %(source_id)s;
+
+-- name: source_by_path
+-- A source that already names this URI (dhgq process gdrive://... twice adds it once).
+SELECT id, options FROM sources_google WHERE path = %(path)s AND NOT is_deleted ORDER BY created_at LIMIT 1;
+
+-- name: source_options
+SELECT options FROM sources_google WHERE id = %(source_id)s;

@@ -2,8 +2,9 @@
 
 Reuse: the output is keyed by the file's sha256, the extraction's version, the engine (faster-whisper,
 openai-whisper, or the Modal app) with its version, the model with its version (the packages that
-ship it, a fingerprint of its directory, or the Modal app's pins), the language asked for and the
-compute type. A reused transcription copies the transcript document and its segment rows.
+ship it, a fingerprint of its directory, or the Modal app's pins; ``auto`` counts as the model it picks),
+the language asked for, the user's hints (initial_prompt, vocabulary) and the compute type. A reused
+transcription copies the transcript document and its segment rows.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dhgq import gpu
 from dhgq.app import app
 from dhgq.gpu import AudioInput
 from dhgq.media.serialize import transcript_to_dict
+from dhgq.media.transcription.engines import Prompt
 from dhgq.media.types import Transcript
 from dhgq.queries import query
 from dhgq.reuse import copy_document, copy_segments
@@ -31,7 +33,7 @@ from dhgq.versions import backend_name, code_version, modal_app_version, package
 
 
 def work(resources: Resources, source: Source, job: StageJob, audio: AudioInput) -> tuple[Transcript, dict[str, Any]]:
-    """The request's model and language when it gave them, else the worker's settings."""
+    """The request's model, language and hints (initial_prompt, vocabulary) when it gave them, else the settings'."""
     return run_model(
         resources,
         source,
@@ -40,6 +42,7 @@ def work(resources: Resources, source: Source, job: StageJob, audio: AudioInput)
         audio,
         model=source.options.get("model"),
         language=source.options.get("language"),
+        prompt=Prompt.from_options(source.options),
     )
 
 
@@ -79,10 +82,11 @@ def _one(conn: psycopg.Connection, sql: str, params: dict[str, Any]) -> Any:
 def identity(settings: Settings, source: Source) -> Identity | None:
     """What would transcribe this source now; None when a version cannot be told (then it computes)."""
     backend = backend_name(settings)
-    options = {
-        "language": source.options.get("language") or settings.whisper_language,
-        "audio": extraction.identity(settings, source).versions(),
-    }
+    language = source.options.get("language") or settings.whisper_language
+    options: dict[str, Any] = {"language": language, "audio": extraction.identity(settings, source).versions()}
+    prompt = Prompt.from_options(source.options)
+    if prompt is not None:  # the hints change the words: part of the key
+        options["prompt"] = {"initial_prompt": prompt.text, "vocabulary": list(prompt.vocabulary)}
     if backend == "modal":
         app_version = modal_app_version()
         model = source.options.get("model") or settings.modal_whisper_model
@@ -90,7 +94,7 @@ def identity(settings: Settings, source: Source) -> Identity | None:
     if backend != "local":
         return None
     engine = settings.whisper_engine
-    model = source.options.get("model") or settings.whisper_model
+    model = gpu.LocalBackend(settings).model_for(source.options.get("model"), language).model
     libraries = packages("faster-whisper", "ctranslate2") if engine == "faster-whisper" else packages("openai-whisper")
     model_version = whisper_model_version(model)
     if libraries is None or model_version is None:

@@ -245,8 +245,8 @@ def test_rerun_refuses_what_it_cannot_do(db_url: str, tmp_path: Path) -> None:
     assert (code, result["status"]) == (1, "not ready") and "no extracted audio" in result["error"]
     code, result = outcome(finished, "--stage", "summarization")
     assert (code, result["status"]) == (1, "not ready") and "transcription of source" in result["error"]
-    code, result = outcome(finished, "--stage", "transcription", "--model", "gpt-5")
-    assert (code, result["status"]) == (1, "error") and "options.model must be one of" in result["error"]
+    unknown = dhgq(env, "rerun", finished, "--stage", "transcription", "--model", "gpt-5", "--json")
+    assert unknown.returncode == 1 and "--model gpt-5: not a model this machine's workers can run" in unknown.stderr
     bad = dhgq(env, "rerun", finished, "--stage", "diarization", "--model", "base")
     assert bad.returncode == 2 and "--model" in bad.stderr
     assert dhgq(env, "rerun", "--stage", "diarization").returncode == 2  # which sources?

@@ -67,6 +67,12 @@ def test_a_user_submits_waits_and_reads_results_others_see_nothing(
     results = mine.results(job.id)
     assert results.speakers == ["SPEAKER_1", "SPEAKER_2"] and results.language == "en"
     assert len(results.utterances) >= 2 and all(u.end >= u.start >= 0 for u in results.utterances)
+    words = [w for u in results.utterances for w in u.words]  # word timings, as the transcription kept them
+    assert len(words) >= 10 and all(
+        u.start - 0.5 <= w.start <= w.end <= u.end + 0.5 for u in results.utterances for w in u.words
+    )
+    assert all(w.text and w.probability is not None and 0 < w.probability <= 1 for w in words)
+    assert results.language_probability is None  # the language was given (en), not detected
     assert "pipeline" in results.text.lower()
     assert results.summary is not None and results.summary["summary"]
     assert set(results.outputs) == {"srt", "vtt", "json", "md"}

@@ -4,11 +4,16 @@ Two endpoints, on the wire as Google has them:
 
 - ``POST /token``: the JWT bearer grant (RFC 7523). The assertion's RS256 signature is checked
   with the PUBLIC key of a service account the server trusts (``FakeDrive.trust``), as are its
-  ``kid``, ``aud`` (this endpoint), ``scope``, ``iat``/``exp`` (at most an hour apart, not expired).
+  ``kid``, ``aud`` (Google's token endpoint, ``https://oauth2.googleapis.com/token``, which Google
+  requires whatever URL the request went to), ``scope``, ``iat``/``exp`` (at most an hour apart).
   A refused grant is ``400 {"error": "invalid_grant", ...}``, as Google answers.
 - ``GET /drive/v3/files/{id}``: metadata (``fields`` honoured for top-level names) or, with
   ``alt=media``, the content; the Bearer token must be one this server issued with a Drive scope.
   Errors come in Google's JSON error format, with Drive's reasons (notFound, fileNotDownloadable...).
+- ``GET /drive/v3/files?q='FOLDER' in parents and trashed = false``: ``files.list`` of a folder, in pages.
+- ``GET /drive/v3/changes/startPageToken`` and ``GET /drive/v3/changes?pageToken=``: Drive's change log
+  (every ``add``, ``trash`` and ``replace`` is one change), in pages of ``pageSize``, the last one with
+  ``newStartPageToken``; a token from the future is Drive's 400 ``invalid``.
 
 ``new_service_account()`` makes a real RSA key pair and ``ServiceAccountKey.write`` a JSON key file
 as the Cloud console gives it, with ``token_uri`` pointing here. Each ``DriveFile`` scripts one
@@ -40,6 +45,7 @@ DRIVE_SCOPES = frozenset({"https://www.googleapis.com/auth/drive", "https://www.
 FILES_PATH = "/drive/v3/files/"
 DEFAULT_FIELDS = ("kind", "id", "name", "mimeType")  # what files.get returns when no fields are asked for
 MAX_ASSERTION_SECONDS = 3600
+GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"  # "always", says Google's service-account guide
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,7 @@ class DriveFile:
     drive_id: str | None = None  # set: the file lies in this shared drive
     modified_time: str = "2024-05-01T12:34:56.789Z"
     failures: int = 0  # requests answered 503 before this file is served
+    trashed: bool = False
 
     @property
     def native(self) -> bool:
@@ -113,6 +120,7 @@ class DriveFile:
             "webViewLink": f"https://drive.google.com/file/d/{self.id}/view?usp=drivesdk",
             "thumbnailLink": f"https://lh3.googleusercontent.com/drive-storage/{self.id}=s220",
             "parents": list(self.parents),
+            "trashed": self.trashed,
         }
         if self.drive_id is not None:
             resource["driveId"] = self.drive_id
@@ -128,6 +136,7 @@ class FakeDrive:
     def __init__(self) -> None:
         self.accounts: dict[str, ServiceAccountKey] = {}
         self.files: dict[str, DriveFile] = {}
+        self.change_log: list[tuple[str, str]] = []  # (file id, time) per change, in order; tokens are 1-based
         self.tokens: dict[str, frozenset[str]] = {}  # issued token -> its scopes
         self.token_failures = 0  # token requests answered 503 before the grant is looked at
         self.token_requests = 0
@@ -151,8 +160,73 @@ class FakeDrive:
         self.accounts[account.client_email] = account
 
     def add(self, *files: DriveFile) -> None:
-        for item in files:
-            self.files[item.id] = item
+        with self.lock:
+            for item in files:
+                self.files[item.id] = item
+                self.change_log.append((item.id, item.modified_time))
+
+    def trash(self, file_id: str) -> None:
+        with self.lock:
+            self.files[file_id].trashed = True
+            self.change_log.append((file_id, self.files[file_id].modified_time))
+
+    def replace(self, file_id: str, content: bytes, modified_time: str) -> None:
+        """A new version of a file: new bytes, so a new md5 and size."""
+        with self.lock:
+            item = self.files[file_id]
+            item.content, item.size, item.md5, item.modified_time = content, None, None, modified_time
+            self.change_log.append((file_id, modified_time))
+
+    # --- changes and listings ---
+
+    def start_page_token(self) -> dict[str, Any]:
+        with self.lock:
+            return {"kind": "drive#startPageToken", "startPageToken": str(len(self.change_log) + 1)}
+
+    def changes(self, query: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
+        """``changes.list`` from ``pageToken``: each change with its file as it is now (removed when it is gone)."""
+        token = query.get("pageToken", [""])[0]
+        size = max(1, min(1000, int(query.get("pageSize", ["100"])[0])))
+        with self.lock:
+            if not token.isdigit() or not 1 <= int(token) <= len(self.change_log) + 1:
+                return google_error(400, "invalid", f"Invalid Value: pageToken {token!r}")
+            start = int(token) - 1
+            entries = self.change_log[start : start + size]
+            changes = []
+            for file_id, time_of in entries:
+                item = self.files.get(file_id)
+                change: dict[str, Any] = {
+                    "kind": "drive#change",
+                    "changeType": "file",
+                    "time": time_of,
+                    "removed": item is None,
+                    "fileId": file_id,
+                }
+                if item is not None:
+                    change["file"] = item.resource()
+                changes.append(change)
+            body: dict[str, Any] = {"kind": "drive#changeList", "changes": changes}
+            if start + size < len(self.change_log):
+                body["nextPageToken"] = str(start + size + 1)
+            else:
+                body["newStartPageToken"] = str(len(self.change_log) + 1)
+        return 200, body
+
+    def listing(self, query: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
+        """``files.list`` for the one query a folder listing asks: ``'ID' in parents and trashed = false``."""
+        q = query.get("q", [""])[0]
+        parent = q.split("'")[1] if q.count("'") >= 2 and "in parents" in q else None
+        if parent is None:
+            return google_error(400, "invalid", f"Invalid Value: q {q!r}")
+        size = max(1, min(1000, int(query.get("pageSize", ["100"])[0])))
+        start = int(query.get("pageToken", ["0"])[0] or 0)
+        with self.lock:
+            found = [f for f in self.files.values() if parent in f.parents and not (f.trashed and "trashed" in q)]
+        page = found[start : start + size]
+        body: dict[str, Any] = {"kind": "drive#fileList", "files": [f.resource() for f in page]}
+        if start + size < len(found):
+            body["nextPageToken"] = str(start + size)
+        return 200, body
 
     # --- the token endpoint ---
 
@@ -198,7 +272,7 @@ class FakeDrive:
                 assertion,
                 account.public_key(),
                 algorithms=["RS256"],
-                audience=self.token_uri,
+                audience=GOOGLE_TOKEN_AUDIENCE,
                 options={"require": ["iss", "aud", "iat", "exp", "scope"]},
             )
         except jwt.InvalidSignatureError:
@@ -307,7 +381,12 @@ def make_handler(fake: FakeDrive) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802 - stdlib name
             parts = urlsplit(self.path)
             file_id = parts.path[len(FILES_PATH) :] if parts.path.startswith(FILES_PATH) else ""
-            if not file_id or "/" in file_id:
+            listing = {
+                "/drive/v3/files": fake.listing,
+                "/drive/v3/changes": fake.changes,
+                "/drive/v3/changes/startPageToken": lambda _query: (200, fake.start_page_token()),
+            }.get(parts.path)
+            if listing is None and (not file_id or "/" in file_id):
                 self.send_json(*google_error(404, "notFound", f"no route {parts.path}"))
                 return
             refused = fake.authorized(self.headers.get("authorization"))
@@ -315,6 +394,9 @@ def make_handler(fake: FakeDrive) -> type[BaseHTTPRequestHandler]:
                 self.send_json(*refused)
                 return
             query = parse_qs(parts.query)
+            if listing is not None:
+                self.send_json(*listing(query))
+                return
             media = query.get("alt", ["json"])[0] == "media"
             found = fake.lookup(file_id, query, media)
             if isinstance(found, tuple):

@@ -24,6 +24,9 @@ def worker_env(db_url: str, home: Path, **extra: str) -> dict[str, str]:
             "DHGQ_STALLED_AFTER": "4",
             "HF_HUB_OFFLINE": "1",
             "DHGQ_LOG_LEVEL": "INFO",
+            # the suite's talks are English (espeak-ng): the English model, as DHGQ_WHISPER_MODEL=auto picks for a
+            # request that says "en"; the auto choice itself is tested in tests/unit/test_languages.py
+            "DHGQ_WHISPER_MODEL": "tiny.en",
         }
         | extra
     )

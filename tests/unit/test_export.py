@@ -84,7 +84,7 @@ def test_subtitles_parse_back_with_pysubs2(fmt: str) -> None:
     assert [e.plaintext for e in subtitles] == [
         "Speaker 1: Welcome to the talk.",
         "Speaker 1: Today we look at queues.",
-        "Speaker 2: Thanks, how do jobs survive a crash?",
+        "Speaker 2: Thanks, how do jobs survive a\ncrash?",  # two lines of at most 42 characters
         "Speaker 1: They live in the database.",
     ]
     if fmt == "vtt":
@@ -92,6 +92,28 @@ def test_subtitles_parse_back_with_pysubs2(fmt: str) -> None:
         assert "01:02:05.500" in rendered
     else:
         assert "00:00:04,200 --> 00:00:07,750" in rendered
+
+
+@pytest.mark.parametrize("fmt", ["srt", "vtt"])
+def test_long_segments_become_cues_of_two_lines_of_42_characters(fmt: str) -> None:
+    text = (
+        "Procrastinate keeps its jobs in the same PostgreSQL database as the results, so a stage's outputs, "
+        "its stage row and the next stage's job commit in one transaction, and nothing is lost in between."
+    )
+    words = [Word(1.0 + i * 0.4, 1.3 + i * 0.4, w, 0.9) for i, w in enumerate(text.split())]
+    long = Segment(1.0, words[-1].end, text, 0.9, words, "SPEAKER_1")
+    rendered = render(Transcript(text, "en", [long], "tiny.en", "faster-whisper"), None, fmt)
+
+    cues = pysubs2.SSAFile.from_string(rendered, format_=fmt)
+    lines = [line for cue in cues for line in cue.plaintext.split("\n")]
+    assert len(cues) > 1 and all(len(cue.plaintext.split("\n")) <= 2 for cue in cues)
+    assert max(len(line) for line in lines) <= 42
+    assert " ".join(lines) == "Speaker 1: " + text  # every word, in order
+    times = [(cue.start, cue.end) for cue in cues]
+    assert times[0][0] == 1000 and times[-1][1] == round(long.end * 1000)
+    assert all(a_end == b_start for (_, a_end), (b_start, _) in zip(times, times[1:], strict=False))
+    assert all(start < end for start, end in times)
+    assert {cue.end for cue in cues[:-1]} <= {round(w.end * 1000) for w in words}  # cut where a word ends
 
 
 def test_json_has_the_full_structure_and_summary() -> None:

@@ -1,7 +1,8 @@
 """gdrive:// sources against a local stand-in for Google's token endpoint and Drive v3 (tests/support/fake_drive.py).
 
 The service account is real: a fresh RSA key pair, a JSON key file as the Cloud console writes
-it, an RS256 assertion the server verifies with the public key. Only the host is local.
+it, the RS256 assertion google-auth signs, which the server verifies with the public key. Only the
+host is local (the key file's token_uri points at it, and google-auth honours it).
 """
 
 from __future__ import annotations
@@ -15,10 +16,17 @@ from typing import Any
 import pytest
 
 from dhgq.errors import ConfigurationError, PermanentError, TransientError
-from dhgq.fetch import fetch, gdrive
+from dhgq.fetch import fetch, google_credentials
 from dhgq.fetch.gdrive import DRIVE_SCOPE, download_drive_file, parse_drive_uri
 from dhgq.settings import Settings
-from tests.support.fake_drive import DriveFile, FakeDrive, ServiceAccountKey, fake_drive_server, new_service_account
+from tests.support.fake_drive import (
+    GOOGLE_TOKEN_AUDIENCE,
+    DriveFile,
+    FakeDrive,
+    ServiceAccountKey,
+    fake_drive_server,
+    new_service_account,
+)
 
 TALK_ID = "1aB2cD3eF4gH5iJ6kL7mN8oP9qR0sT_-u"
 TALK = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 64  # ~16 KB that look like the start of an mp4
@@ -31,9 +39,9 @@ def account() -> ServiceAccountKey:
 
 @pytest.fixture(autouse=True)
 def fresh_token_cache() -> Iterator[None]:
-    gdrive.clear_token_cache()
+    google_credentials.clear_cache()
     yield
-    gdrive.clear_token_cache()
+    google_credentials.clear_cache()
 
 
 @pytest.fixture
@@ -98,7 +106,7 @@ def test_download_bytes_metadata_and_cached_token(
 
     (claims,) = drive.assertions
     assert claims["iss"] == account.client_email
-    assert claims["aud"] == drive.token_uri
+    assert claims["aud"] == GOOGLE_TOKEN_AUDIENCE  # what Google requires; the request itself went to token_uri
     assert claims["scope"] == DRIVE_SCOPE
     assert claims["exp"] - claims["iat"] == 3600
     assert claims["_header"] == {"alg": "RS256", "typ": "JWT", "kid": account.private_key_id}
@@ -177,7 +185,7 @@ def test_md5_mismatch_is_transient_and_leaves_nothing(drive: FakeDrive, key_file
 def test_account_google_does_not_know_is_permanent(drive: FakeDrive, tmp_path: Path, scratch: Path) -> None:
     stranger = new_service_account("deleted-account")
     key_file = stranger.write(tmp_path / "stranger.json", drive.token_uri)
-    with pytest.raises(PermanentError, match="Google refused the service account") as caught:
+    with pytest.raises(PermanentError, match="Google refused the credentials of") as caught:
         download_drive_file(f"gdrive://{TALK_ID}", scratch, settings_for(drive, key_file))
     assert "invalid_grant" in str(caught.value)
     assert stranger.client_email in str(caught.value)
@@ -195,14 +203,34 @@ def test_key_that_does_not_match_the_account_is_permanent(
 
 
 def test_token_endpoint_outage_is_transient(drive: FakeDrive, key_file: Path, scratch: Path) -> None:
-    drive.token_failures = 1
+    """google-auth retries a 503 of the token endpoint itself (three attempts); an outage beyond is transient."""
+    drive.token_failures = 3
     settings = settings_for(drive, key_file)
     with pytest.raises(TransientError, match="token endpoint"):
         download_drive_file(f"gdrive://{TALK_ID}", scratch, settings)
+    assert drive.token_requests == 3
+    drive.token_failures = 1
     assert download_drive_file(f"gdrive://{TALK_ID}", scratch, settings).size == len(TALK)
+    assert drive.token_requests == 5  # the 503, then the token
 
 
-def test_no_key_file_is_a_configuration_error(drive: FakeDrive, scratch: Path) -> None:
+def test_application_default_credentials_without_a_key_setting(
+    drive: FakeDrive, key_file: Path, scratch: Path, account: ServiceAccountKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No DHGQ_GDRIVE_SERVICE_ACCOUNT_FILE: google-auth's Application Default Credentials
+    (GOOGLE_APPLICATION_CREDENTIALS here; gcloud's or a Cloud machine's elsewhere)."""
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+    fetched = download_drive_file(f"gdrive://{TALK_ID}", scratch, settings_for(drive, None))
+    assert fetched.path.read_bytes() == TALK
+    assert [claims["iss"] for claims in drive.assertions] == [account.client_email]
+
+
+def test_no_credentials_at_all_is_a_configuration_error(
+    drive: FakeDrive, scratch: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "no-gcloud"))  # no gcloud user credentials
+    monkeypatch.setenv("NO_GCE_CHECK", "True")  # and no metadata server to ask: this is not a Google Cloud machine
     with pytest.raises(ConfigurationError, match="DHGQ_GDRIVE_SERVICE_ACCOUNT_FILE"):
         download_drive_file(f"gdrive://{TALK_ID}", scratch, settings_for(drive, None))
     assert drive.token_requests == 0

@@ -288,3 +288,13 @@ def test_minilm_encoder_gives_sentence_transformers_vectors() -> None:
     assert ours.shape == (5, 384)
     assert np.allclose(ours, reference, atol=1e-5)
     assert MiniLMEncoder().encode([]).shape == (0, 384)
+
+
+def test_topics_are_content_words_not_greetings() -> None:
+    """The demo's talk opens with "Good morning everyone and welcome": its topics say what it is about."""
+    from dhgq.media.summarization.extractive import keywords
+    from dhgq.sample import SCRIPT
+
+    topics = keywords([text for _, text in SCRIPT], 6)
+    assert not {"good", "morning", "everyone", "welcome", "weekly"} & set(topics), topics
+    assert {"pipeline", "transcripts", "extraction"} <= set(topics), topics

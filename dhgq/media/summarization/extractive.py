@@ -39,6 +39,18 @@ STOPWORDS = frozenset(
     which while who whom why will with would yeah yes you your yours yourself yourselves going
     know think okay kind sort lot actually dont im youre weve theyre ive thank thanks today""".split()
 )
+# What people say around the content of a talk: greetings, courtesies, signposts and fillers. They are
+# frequent in every talk, so by count alone they became its "topics" (the demo's were "good, morning,
+# everyone"); none says what the talk is about.
+SPEECH_WORDS = frozenset(
+    """good morning afternoon evening night everyone everybody anyone someone welcome hello hey hi bye goodbye
+    please sorry tonight tomorrow yesterday weekly daily week weeks year years time times first second last
+    next start started starting begin basically obviously probably maybe perhaps quite pretty little bit
+    great nice cool awesome sure alright anyway anyways something anything nothing everything stuff
+    going gonna wanna having made make makes making look looking come coming take taking give given
+    talk talking today's question questions answer mean means meant happen happens happened explain
+    basics also still even ever never always often every many much lots""".split()
+)
 
 
 @lru_cache(maxsize=1)
@@ -75,11 +87,14 @@ def mmr_order(embeddings: np.ndarray, count: int) -> list[int]:
 
 
 def keywords(sentences: list[str], count: int) -> list[str]:
-    """The most frequent content words (stop words and short words left out)."""
+    """The most frequent content words: function words, what people say around the content (greetings,
+    signposts, fillers) and short words left out; among equally frequent ones the longer first, since a
+    long word is more often a specific one ("transcripts", "extraction") than a common one."""
     words = re.findall(r"[a-zà-ÿ][a-zà-ÿ'-]+", " ".join(sentences).lower())
     counts = Counter(w.replace("'", "") for w in words if len(w) > 3)
-    counts = Counter({w: n for w, n in counts.items() if w not in STOPWORDS})
-    return [word for word, _ in counts.most_common(count)]
+    content = {w: n for w, n in counts.items() if w not in STOPWORDS and w not in SPEECH_WORDS}
+    order = {w: i for i, w in enumerate(content)}  # first appearance, for a stable order
+    return sorted(content, key=lambda w: (-content[w], -len(w), order[w]))[:count]
 
 
 def guess_document_type(sentences: list[tuple[str, str | None]]) -> str:

