@@ -318,7 +318,12 @@ def pool(files: list[FileScore]) -> PartScore:
 
 def _pool(report: EvaluationReport) -> None:
     everything = pool(report.files)
-    report.wer, report.der, report.cpwer, report.speed = everything.wer, everything.der, everything.cpwer, everything.speed
+    report.wer, report.der, report.cpwer, report.speed = (
+        everything.wer,
+        everything.der,
+        everything.cpwer,
+        everything.speed,
+    )
     named = [part for part in (*PARTS, UNASSIGNED) if any(f.part == part for f in report.files)]
     report.parts = {part: pool([f for f in report.files if f.part == part]) for part in named if named != [UNASSIGNED]}
     report.parts[EVERYTHING] = everything

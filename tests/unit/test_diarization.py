@@ -372,7 +372,9 @@ def test_evaluate_folder_scores_each_file_and_pools(tmp_path: Path) -> None:
 
     def transcribe(path: Path) -> Transcript:
         words = [Word(0.2, 0.6, " go"), Word(0.8, 1.4, " forward"), Word(2.2, 2.6, " 10"), Word(2.8, 3.5, " metres")]
-        return Transcript("go forward 10 metres", "en", [Segment(0.2, 3.5, "go forward 10 metres", words=words)], "t", "t")
+        return Transcript(
+            "go forward 10 metres", "en", [Segment(0.2, 3.5, "go forward 10 metres", words=words)], "t", "t"
+        )
 
     def diarize(path: Path) -> Diarization:
         half = [SpeakerTurn(0.0, 2.0, "S1"), SpeakerTurn(2.0, 4.0, "S2")]

@@ -179,25 +179,18 @@ class LocalDiarizer:
         active = (activity.sum(axis=1) > 0) & ~np.isnan(embeddings).any(axis=2)
         if not active.any():
             return Diarization(turns=[], speakers=[], embeddings={}, engine=self.name)
-        clean = activity * (activity.sum(axis=2, keepdims=True) == 1)
-        seeds = active & (clean.sum(axis=1) >= cfg.min_clean_ratio * activity.shape[1])
-        if not seeds.any():
-            seeds = active
-        # every k-th seed in time order when there are too many for the linkage's O(n^2) memory;
-        # a cluster's minimum size shrinks with them (neighbouring windows overlap by 90%)
-        sample = embeddings[seeds]
-        stride = int(np.ceil(len(sample) / cfg.max_cluster_seeds))
-        sample = sample[::stride]
-        labels = clustering.cluster_embeddings(
+        sample, stride = self.cluster_seeds(analysis)
+        clusters = clustering.cluster_by_count(
             sample,
-            threshold=cfg.threshold,
             min_cluster_size=int(np.ceil(cfg.min_cluster_size / stride)),
             num_clusters=speakers.exact,
             min_clusters=speakers.at_least or 1,
             max_clusters=speakers.at_most,
             min_cluster_fraction=cfg.min_cluster_fraction,
+            hint_threshold=cfg.threshold,
         )
-        centroids = clustering.centroids_of(sample, labels)
+        centroids = clustering.centroids_of(sample, clusters.labels)
+        clustered = len(centroids)
         hard = clustering.assign_local_speakers(embeddings, active, centroids)
         binary = self._reconstruct(analysis.posteriors, hard, len(centroids), analysis.duration)
         if cfg.reseg_span > 0:
@@ -211,7 +204,28 @@ class LocalDiarizer:
                     centroids[speaker] = profile
                 if cfg.reseg_span > 0:
                     binary = self._resegment(binary, analysis.features)
-        return _named(self._turns(binary), centroids, self.name)
+        return _with_count(_named(self._turns(binary), centroids, self.name), clusters, binary.shape[1] - clustered)
+
+    def cluster_seeds(self, analysis: Analysis) -> tuple[np.ndarray, int]:
+        """The window embeddings that clustering starts from, and the stride they were taken at.
+
+        Seeds are local speakers who talk alone for enough of their window; every k-th seed in
+        time order is kept when there are too many for the linkage's O(n^2) memory, and a
+        cluster's minimum size shrinks with them (neighbouring windows overlap by 90%)."""
+        index, stride = self.seed_index(analysis)
+        return analysis.embeddings[index], stride
+
+    def seed_index(self, analysis: Analysis) -> tuple[tuple[np.ndarray, np.ndarray], int]:
+        """(windows, local speakers) of the seeds, in time order, and the stride."""
+        cfg, activity, embeddings = self.config, analysis.activity, analysis.embeddings
+        active = (activity.sum(axis=1) > 0) & ~np.isnan(embeddings).any(axis=2)
+        clean = activity * (activity.sum(axis=2, keepdims=True) == 1)
+        seeds = active & (clean.sum(axis=1) >= cfg.min_clean_ratio * activity.shape[1])
+        if not seeds.any():
+            seeds = active
+        windows, speakers = np.nonzero(seeds)
+        stride = max(1, int(np.ceil(len(windows) / cfg.max_cluster_seeds)))
+        return (windows[::stride], speakers[::stride]), stride
 
     # -- models ----------------------------------------------------------------------------------
 
@@ -348,6 +362,16 @@ def _named(turns: list[SpeakerTurn], centroids: np.ndarray, engine: str) -> Diar
         embeddings={names[old]: [round(float(v), 6) for v in centroids[int(old)]] for old in order},
         engine=engine,
     )
+
+
+def _with_count(diarization: Diarization, clusters: clustering.Clusters, added: int) -> Diarization:
+    """The count's probabilities on the diarization: the clustering's, moved up by the speakers the
+    split check ``added``; the confidence is what they give the count that came out."""
+    if clusters.confidence is None:
+        return diarization
+    diarization.count_probabilities = {str(k + added): round(p, 4) for k, p in clusters.probabilities.items()}
+    diarization.count_confidence = diarization.count_probabilities.get(str(len(diarization.speakers)), 0.0)
+    return diarization
 
 
 class _FeatureStream:
