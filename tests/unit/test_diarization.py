@@ -35,6 +35,7 @@ from dhgq.media.diarization.audio import (
     read_audio,
     source_gain,
 )
+from dhgq.media.diarization.count import MERGE_MODEL, SATURATION, count_posterior, merge_features
 from dhgq.media.diarization.engines import DiarizationEngine, load_diarizer
 from dhgq.media.diarization.features import FeatureStore, pooled_statistics
 from dhgq.media.diarization.resegment import resegment
@@ -174,15 +175,51 @@ def _blobs(centres: np.ndarray, per: int, spread: float, seed: int = 0) -> tuple
     return points, np.repeat(np.arange(len(centres)), per)
 
 
-def test_clustering_finds_the_speaker_count_and_honours_a_hint() -> None:
+def test_clustering_finds_the_speaker_count_says_how_sure_and_honours_a_hint() -> None:
     centres = np.eye(3, 16) * 3
     points, truth = _blobs(centres, 15, 0.1)
-    labels = clustering.cluster_embeddings(points, threshold=0.6, min_cluster_size=5)
-    assert len(set(labels)) == 3
-    assert all(len(set(labels[truth == k])) == 1 for k in range(3))
-    assert len(set(clustering.cluster_embeddings(points, threshold=0.6, min_cluster_size=5, num_clusters=2))) == 2
-    assert len(set(clustering.cluster_embeddings(points, threshold=0.6, min_cluster_size=5, max_clusters=2))) == 2
-    assert list(clustering.cluster_embeddings(points[:1], threshold=0.6, min_cluster_size=5)) == [0]
+    found = clustering.cluster_by_count(points, min_cluster_size=5)
+    assert len(set(found.labels)) == 3 and found.confidence is not None and found.confidence > 0.9
+    assert all(len(set(found.labels[truth == k])) == 1 for k in range(3))
+    assert sum(found.probabilities.values()) == pytest.approx(1.0, abs=0.01)
+    exact = clustering.cluster_by_count(points, min_cluster_size=5, num_clusters=2)
+    assert len(set(exact.labels)) == 2 and exact.confidence is None  # the hint fixed it
+    at_most = clustering.cluster_by_count(points, min_cluster_size=5, max_clusters=2)
+    assert len(set(at_most.labels)) == 2 and set(at_most.probabilities) <= {1, 2}
+    at_least = clustering.cluster_by_count(points, min_cluster_size=5, min_clusters=4)
+    assert len(set(at_least.labels)) == 4 and min(at_least.probabilities) >= 4
+    assert list(clustering.cluster_by_count(points[:1], min_cluster_size=5).labels) == [0]
+
+
+def test_one_voice_is_one_speaker_with_confidence() -> None:
+    points, _ = _blobs(np.eye(1, 16) * 3, 40, 0.1)
+    found = clustering.cluster_by_count(points, min_cluster_size=5)
+    assert set(found.labels) == {0} and found.confidence is not None and found.confidence > 0.9
+
+
+def test_count_posterior_reads_the_top_merges() -> None:
+    """P(k): the top k-1 merges joined different people, the others the same person."""
+    sure_two = count_posterior(np.array([0.01, 0.01, 0.01, 0.99]))
+    assert sure_two.argmax() == 1 and sure_two[1] > 0.9 and len(sure_two) == 5
+    torn = count_posterior(np.array([0.01, 0.01, 0.5, 0.99]))
+    assert torn[1] == pytest.approx(torn[2]) and torn[1] + torn[2] > 0.95
+    assert count_posterior(np.array([0.01, 0.01, 0.5, 0.99]), at_least=3).argmax() == 2
+    capped = count_posterior(np.array([0.99, 0.99, 0.99, 0.99]), at_most=2)
+    assert len(capped) == 2 and capped.argmax() == 1
+    assert count_posterior(np.zeros(0)).tolist() == [1.0]
+
+
+def test_merge_features_saturate_with_evidence() -> None:
+    """A group's evidence stops growing at SATURATION windows: an hour of one voice must not
+    make a moderate distance look certain."""
+    from scipy.cluster.hierarchy import linkage
+
+    points, _ = _blobs(np.eye(2, 16) * 3, 200, 0.3)
+    unit = points / np.linalg.norm(points, axis=1, keepdims=True)
+    features = merge_features(unit, linkage(unit, method="centroid", metric="euclidean"))
+    assert features.shape == (399, 3) and features[:, 2].max() == pytest.approx(np.log(SATURATION))
+    assert MERGE_MODEL.p_different(features[-1:])[0] > 0.99  # the two voices
+    assert MERGE_MODEL.p_different(features[:-1]).max() < 0.5  # within each voice
 
 
 def test_two_local_speakers_of_one_window_never_share_a_cluster() -> None:

@@ -119,3 +119,19 @@ def count_posterior(
     scores -= scores.max()
     probabilities = np.exp(scores)
     return probabilities / probabilities.sum()
+
+
+def cut_top(tree: np.ndarray, count: int, clusters: int) -> np.ndarray:
+    """Labels 0..clusters-1 of ``count`` points with the last ``clusters``-1 merges of ``tree``
+    undone: the cut the posterior speaks of. (Centroid linkage can merge below an earlier height,
+    so a cut by height, as fcluster's maxclust makes it, can give fewer clusters than asked.)"""
+    parent = list(range(count + len(tree)))
+    for row, (a, b, _, _) in enumerate(tree[: max(0, count - clusters)]):
+        parent[int(a)] = parent[int(b)] = count + row
+    labels = np.empty(count, dtype=int)
+    for point in range(count):
+        root = point
+        while parent[root] != root:
+            root = parent[root]
+        labels[point] = root
+    return np.unique(labels, return_inverse=True)[1]
