@@ -82,9 +82,9 @@ def measure(minutes: list[int], trees: dict[str, Path], rounds: int, folder: Pat
     return runs
 
 
-def render(runs: list[Run], rounds: int) -> str:
+def render(runs: list[Run]) -> str:
     lines = [
-        "| code | talk | work s (best) | realtime factor (best) | realtime factor, all rounds | peak RSS MiB | speakers |",
+        "| code | talk | work s (best) | realtime factor (best) | each round | peak RSS MiB | speakers |",
         "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for key in dict.fromkeys((run.tree, run.minutes) for run in runs):
@@ -107,7 +107,7 @@ def section(runs: list[Run], rounds: int, trees: dict[str, Path]) -> str:
         f"within each round on the same talk. Load average at the end {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f} "
         "(the machine's two cores are shared with other work, so compare rows of one run, not with other "
         "sections). Peak RSS is the largest of the rounds.\n\n"
-        f"{render(runs, rounds)}{END}\n"
+        f"{render(runs)}{END}\n"
     )
 
 
