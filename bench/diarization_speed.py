@@ -70,7 +70,7 @@ def measure(minutes: list[int], trees: dict[str, Path], rounds: int, folder: Pat
     for length in minutes:
         wav, audio = talk(folder, length)
         for round_ in range(rounds):
-            for name, tree in (trees.items() if round_ % 2 == 0 else reversed(trees.items())):
+            for name, tree in trees.items() if round_ % 2 == 0 else reversed(trees.items()):
                 result = run_in(tree, wav)
                 run = Run(name, length, audio, result["seconds"], result["peak_rss_mb"], int(result["speakers"]))
                 runs.append(run)
