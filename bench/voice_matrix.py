@@ -103,7 +103,7 @@ def render(rows: list[Row]) -> str:
     head = "| part | speakers | conversations | count right | sure (mean) | DER mean | DER worst | worst case |"
     rule = "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     if transcribed:
-        head, rule = head[:-1] + " cpWER |", rule + " ---: |"
+        head, rule = head + " cpWER |", rule + " ---: |"
     lines = [head, rule]
     for part in [p for p in PARTS if any(row.part == p for row in rows)]:
         mine = [row for row in rows if row.part == part]
@@ -150,8 +150,9 @@ def section(rows: list[Row], *, transcribe: bool) -> str:
         f"{BEGIN}\n## Speaker counting on the voice matrix\n\n`{command}` on "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC: the local diarizer without a speaker-count hint on "
         f"{len(rows)} generated conversations of 15-35 s ({seconds:.0f} s of diarization in all). The "
-        "tuning part is the matrix the diarizer was tuned on (every pair of eight espeak-ng voices of "
-        "different accents and sexes, groups of three and four, voices alone). The validation part was "
+        "tuning part is what the diarizer was tuned on: the first matrix (every pair of eight espeak-ng "
+        "voices of different accents and sexes, groups of three and four, voices alone) and 31 conversations "
+        "drawn like the validation part from the accent and variant pairs it does not use. The validation part was "
         "drawn at random, and fixed, before anything was measured on it: espeak-ng's `+m1..+m7` and "
         "`+f1..+f5` variants in eight accents (Lancaster among them, absent from the tuning part), "
         "pitches 25-75 and speeds 140-185 wpm, no voice of the tuning part; 14 pairs of a man and a "
