@@ -35,7 +35,7 @@ from dhgq.media.diarization.audio import (
     read_audio,
     source_gain,
 )
-from dhgq.media.diarization.count import MERGE_MODEL, SATURATION, count_posterior, merge_features
+from dhgq.media.diarization.count import MERGE_MODEL, SATURATION, count_posterior, cut_top, merge_features
 from dhgq.media.diarization.engines import DiarizationEngine, load_diarizer
 from dhgq.media.diarization.features import FeatureStore, pooled_statistics
 from dhgq.media.diarization.resegment import resegment
@@ -207,6 +207,20 @@ def test_count_posterior_reads_the_top_merges() -> None:
     capped = count_posterior(np.array([0.99, 0.99, 0.99, 0.99]), at_most=2)
     assert len(capped) == 2 and capped.argmax() == 1
     assert count_posterior(np.zeros(0)).tolist() == [1.0]
+
+
+def test_the_cut_undoes_the_top_merges_even_below_an_earlier_height() -> None:
+    """Centroid linkage can merge below an earlier merge's height; the posterior's cut into k
+    clusters undoes the last k-1 merges, whatever their heights."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    points = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, 0.9]])  # the last merge is lower than the first
+    tree = linkage(points, method="centroid")
+    assert tree[1, 2] < tree[0, 2]
+    assert len(set(fcluster(tree, 2, criterion="maxclust"))) == 1  # a cut by height gives one
+    labels = cut_top(tree, 3, 2)
+    assert set(labels) == {0, 1} and labels[0] == labels[1] != labels[2]
+    assert list(cut_top(tree, 3, 1)) == [0, 0, 0] and sorted(cut_top(tree, 3, 3)) == [0, 1, 2]
 
 
 def test_merge_features_saturate_with_evidence() -> None:
