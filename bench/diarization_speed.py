@@ -84,15 +84,16 @@ def measure(minutes: list[int], trees: dict[str, Path], rounds: int, folder: Pat
 
 def render(runs: list[Run]) -> str:
     lines = [
-        "| code | talk | work s (best) | realtime factor (best) | each round | peak RSS MiB | speakers |",
-        "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
+        "| code | talk | work s (best) | realtime factor (best) | each round | peak RSS MiB, each round | speakers |",
+        "| --- | ---: | ---: | ---: | --- | --- | ---: |",
     ]
     for key in dict.fromkeys((run.tree, run.minutes) for run in runs):
         mine = [run for run in runs if (run.tree, run.minutes) == key]
         best = min(mine, key=lambda run: run.seconds)
         lines.append(
             f"| {key[0]} | {best.audio_seconds / 60:.1f} min | {best.seconds:.1f} | {best.factor:.1f} | "
-            f"{', '.join(f'{run.factor:.1f}' for run in mine)} | {max(run.peak_rss_mb for run in mine):.0f} | "
+            f"{', '.join(f'{run.factor:.1f}' for run in mine)} | "
+            f"{', '.join(f'{run.peak_rss_mb:.0f}' for run in mine)} | "
             f"{', '.join(str(run.speakers) for run in mine)} |"
         )
     return "\n".join(lines) + "\n"
@@ -106,7 +107,7 @@ def section(runs: list[Run], rounds: int, trees: dict[str, Path]) -> str:
         f"a fresh process that loads the models; {rounds} round(s), the trees ({', '.join(trees)}) alternating "
         f"within each round on the same talk. Load average at the end {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f} "
         "(the machine's two cores are shared with other work, so compare rows of one run, not with other "
-        "sections). Peak RSS is the largest of the rounds.\n\n"
+        "sections).\n\n"
         f"{render(runs)}{END}\n"
     )
 
