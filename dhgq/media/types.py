@@ -75,6 +75,11 @@ class Diarization:
     speakers: list[str]
     embeddings: dict[str, list[float]] = field(default_factory=dict)
     engine: str = "local"
+    # How sure the engine is of the number of speakers: the probability it gives len(speakers), and
+    # its probability for each count it weighed ("1", "2", ...; JSON keys). None and {} when a hint
+    # fixed the count or the engine does not say (pyannote, diarizations stored before these fields).
+    count_confidence: float | None = None
+    count_probabilities: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -123,14 +123,24 @@ SHORT_LINES: list[str] = [
 
 @dataclass(frozen=True)
 class Case:
-    """One generated conversation: who takes part, in which order they speak."""
+    """One generated conversation: who takes part, in which order they speak, and whether the
+    diarizer may be tuned on it (``part``: "tuning" or "validation")."""
 
     speakers: tuple[str, ...]
     seed: int
+    part: str = "tuning"
+    voices: tuple[tuple[str, Voice], ...] = ()  # the speakers' voices when not DISTINCT_VOICES
 
     @property
     def name(self) -> str:
         return "-".join(self.speakers)
+
+    def voice_table(self) -> dict[str, Voice]:
+        return dict(self.voices) if self.voices else DISTINCT_VOICES
+
+    def attributed(self) -> list[tuple[str, str]]:
+        """(speaker, words) of every line, in order: the reference for speaker-attributed WER."""
+        return self.script()[0]
 
     def script(self) -> tuple[list[tuple[str, str]], list[float]]:
         """Lines and the pause after each: every speaker talks at least twice, never twice in a row."""
@@ -153,14 +163,20 @@ class Case:
             return Reference(audio=audio, words=data["words"], turns=[tuple(t) for t in data["turns"]])
         script, pauses = self.script()
         folder.mkdir(parents=True, exist_ok=True)
-        reference = converse(script, DISTINCT_VOICES, audio, pauses)
+        reference = converse(script, self.voice_table(), audio, pauses)
         saved.write_text(json.dumps({"words": reference.words, "turns": reference.turns}))
         return reference
 
 
 def matrix_cases() -> list[Case]:
+    """The tuning part (``tuning_cases`` and ``variant_tuning_cases``) and the validation part
+    (``held_out_cases``)."""
+    return tuning_cases() + variant_tuning_cases() + held_out_cases()
+
+
+def tuning_cases() -> list[Case]:
     """Every pair of the distinct voices, groups of three and four mixing accents and sexes, and
-    a few voices alone (one speaker must stay one)."""
+    a few voices alone (one speaker must stay one): the matrix the diarizer was tuned on."""
     names = list(DISTINCT_VOICES)
     alone = [Case((name,), seed=200 + index) for index, name in enumerate(names[:4])]
     pairs = [Case(pair, seed=index) for index, pair in enumerate(itertools.combinations(names, 2))]
@@ -174,6 +190,104 @@ def matrix_cases() -> list[Case]:
         ("us_male", "us_female", "newyork_male", "rp_female"),
     ]
     return pairs + [Case(group, seed=100 + index) for index, group in enumerate(groups)] + alone
+
+
+# -- the validation part: voices drawn at random, never tuned on (issue 24) --------------------
+
+# espeak-ng's accents of English that take a voice variant (``en-gb`` ignores one: use ``en``)
+ACCENTS: dict[str, str] = {
+    "us": "en-us",
+    "british": "en",
+    "scottish": "en-gb-scotland",
+    "rp": "en-gb-x-rp",
+    "caribbean": "en-029",
+    "newyork": "en-us-nyc",
+    "midlands": "en-gb-x-gbcwmd",
+    "lancaster": "en-gb-x-gbclan",
+}
+MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7")
+FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5")
+# variants whose formant tables in espeak-ng-data/voices/!v are within a few percent of each other:
+# two people of one sex in a conversation never share a group
+CLOSE_VARIANTS = ({"f2", "f5"}, {"f3", "f4"}, {"m1", "m3", "m4"})
+MIN_PITCH_APART = 20  # espeak pitch (0-99) between two people of one sex in a conversation
+
+
+def _close(a: str, b: str) -> bool:
+    return a == b or any({a, b} <= group for group in CLOSE_VARIANTS)
+
+
+def _tuned_voices() -> set[str]:
+    """espeak-ng voices of the tuning part: the matrix's and the tests' talks (speech.VOICES)."""
+    from tests.support.speech import VOICES
+
+    return {voice for voice, _, _ in [*DISTINCT_VOICES.values(), *VOICES.values()]}
+
+
+def _draw_voice(rng: random.Random, sex: str, avoid: set[str]) -> tuple[str, Voice]:
+    """A voice whose accent and variant together are none of ``avoid``."""
+    while True:
+        accent = rng.choice(sorted(ACCENTS))
+        variant = rng.choice(MALE_VARIANTS if sex == "m" else FEMALE_VARIANTS)
+        pitch, speed = rng.randint(25, 75), rng.randint(140, 185)
+        if f"{ACCENTS[accent]}+{variant}" not in avoid:
+            return f"{accent}+{variant}@{pitch}", (f"{ACCENTS[accent]}+{variant}", pitch, speed)
+
+
+def _compatible(voice: tuple[str, Voice], others: list[tuple[str, Voice]]) -> bool:
+    """Different people by a rule a listener would accept, not by what the models hear: one sex
+    and a close variant, or one sex within MIN_PITCH_APART, is too alike to count as two."""
+    name, (espeak, pitch, _) = voice
+    variant = espeak.split("+")[1]
+    for other_name, (other_espeak, other_pitch, _) in others:
+        other = other_espeak.split("+")[1]
+        if name == other_name or variant == other:
+            return False
+        if variant[0] == other[0] and (_close(variant, other) or abs(pitch - other_pitch) < MIN_PITCH_APART):
+            return False
+    return True
+
+
+def _conversation(rng: random.Random, sexes: str, avoid: set[str]) -> tuple[tuple[str, Voice], ...]:
+    chosen: list[tuple[str, Voice]] = []
+    for sex in sexes:
+        voice = _draw_voice(rng, sex, avoid)
+        while not _compatible(voice, chosen):
+            voice = _draw_voice(rng, sex, avoid)
+        chosen.append(voice)
+    return tuple(chosen)
+
+
+# 14 pairs of a man and a woman, 6 pairs of one sex, 4 threes, 3 fours, 4 voices alone
+VARIANT_SHAPES = (
+    ["mf"] * 14 + ["mm"] * 3 + ["ff"] * 3 + ["mff", "mmf", "fmf", "mfm", "mfmf", "ffmm", "fmmf"] + ["m", "f", "m", "f"]
+)
+
+
+def _variant_cases(seed: int, part: str, first_script_seed: int, avoid: set[str]) -> list[Case]:
+    rng = random.Random(seed)
+    cases = []
+    for index, sexes in enumerate(VARIANT_SHAPES):
+        voices = _conversation(rng, sexes, avoid)
+        speakers = tuple(name for name, _ in voices)
+        cases.append(Case(speakers, seed=first_script_seed + index, part=part, voices=voices))
+    return cases
+
+
+def held_out_cases() -> list[Case]:
+    """The validation part: 31 conversations in voices drawn at random from espeak-ng's variants
+    ``+m1..+m7`` and ``+f1..+f5``, eight accents (Lancaster among them, which the first tuning
+    matrix does not have), pitches 25-75 and speeds 140-185 wpm (VARIANT_SHAPES). Fixed (seed 24)
+    before anything was measured on them, with no espeak-ng voice of the tuning part; the
+    diarizer is judged on them and never tuned on them."""
+    return _variant_cases(24, "validation", 300, _tuned_voices())
+
+
+def variant_tuning_cases() -> list[Case]:
+    """31 more conversations drawn the same way (seed 7) for the tuning part, so that what is tuned
+    on looks like what it is judged on; none of their accent+variant pairs is in the validation part."""
+    held_out = {voice for case in held_out_cases() for _, (voice, _, _) in case.voices}
+    return _variant_cases(7, "tuning", 400, _tuned_voices() | held_out)
 
 
 def similarity_table(folder: Path) -> tuple[list[str], list[list[float]]]:

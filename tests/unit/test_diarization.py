@@ -18,10 +18,12 @@ from dhgq.errors import ConfigurationError
 from dhgq.evaluation import (
     EvaluationReport,
     evaluate_folder,
+    load_split,
     normalise_text,
     number_words,
     read_rttm,
     render_markdown,
+    speaker_attributed_errors,
     word_errors,
 )
 from dhgq.media.diarization import clustering
@@ -33,12 +35,16 @@ from dhgq.media.diarization.audio import (
     read_audio,
     source_gain,
 )
+from dhgq.media.diarization.count import MERGE_MODEL, SATURATION, count_posterior, cut_top, merge_features
 from dhgq.media.diarization.engines import DiarizationEngine, load_diarizer
 from dhgq.media.diarization.features import FeatureStore, pooled_statistics
 from dhgq.media.diarization.resegment import resegment
 from dhgq.media.diarization.split import SplitCheck, separation, split_merged_speakers, turn_agreement
-from dhgq.media.types import Diarization, SpeakerCount, SpeakerTurn, Transcript
+from dhgq.media.types import Diarization, Segment, SpeakerCount, SpeakerTurn, Transcript, Word
 from tests.support.speech import FOUR_SPEAKER_SCRIPT, TWO_SPEAKER_SCRIPT, Reference, dialogue
+
+REPO = Path(__file__).resolve().parents[2]
+MEETINGS = REPO / "tests" / "data" / "real-meetings"  # AMI excerpts never tuned on (its README)
 
 # -- audio in ------------------------------------------------------------------------------------
 
@@ -169,15 +175,65 @@ def _blobs(centres: np.ndarray, per: int, spread: float, seed: int = 0) -> tuple
     return points, np.repeat(np.arange(len(centres)), per)
 
 
-def test_clustering_finds_the_speaker_count_and_honours_a_hint() -> None:
+def test_clustering_finds_the_speaker_count_says_how_sure_and_honours_a_hint() -> None:
     centres = np.eye(3, 16) * 3
     points, truth = _blobs(centres, 15, 0.1)
-    labels = clustering.cluster_embeddings(points, threshold=0.6, min_cluster_size=5)
-    assert len(set(labels)) == 3
-    assert all(len(set(labels[truth == k])) == 1 for k in range(3))
-    assert len(set(clustering.cluster_embeddings(points, threshold=0.6, min_cluster_size=5, num_clusters=2))) == 2
-    assert len(set(clustering.cluster_embeddings(points, threshold=0.6, min_cluster_size=5, max_clusters=2))) == 2
-    assert list(clustering.cluster_embeddings(points[:1], threshold=0.6, min_cluster_size=5)) == [0]
+    found = clustering.cluster_by_count(points, min_cluster_size=5)
+    assert len(set(found.labels)) == 3 and found.confidence is not None and found.confidence > 0.9
+    assert all(len(set(found.labels[truth == k])) == 1 for k in range(3))
+    assert sum(found.probabilities.values()) == pytest.approx(1.0, abs=0.01)
+    exact = clustering.cluster_by_count(points, min_cluster_size=5, num_clusters=2)
+    assert len(set(exact.labels)) == 2 and exact.confidence is None  # the hint fixed it
+    at_most = clustering.cluster_by_count(points, min_cluster_size=5, max_clusters=2)
+    assert len(set(at_most.labels)) == 2 and set(at_most.probabilities) <= {1, 2}
+    at_least = clustering.cluster_by_count(points, min_cluster_size=5, min_clusters=4)
+    assert len(set(at_least.labels)) == 4 and min(at_least.probabilities) >= 4
+    assert list(clustering.cluster_by_count(points[:1], min_cluster_size=5).labels) == [0]
+
+
+def test_one_voice_is_one_speaker_with_confidence() -> None:
+    points, _ = _blobs(np.eye(1, 16) * 3, 40, 0.1)
+    found = clustering.cluster_by_count(points, min_cluster_size=5)
+    assert set(found.labels) == {0} and found.confidence is not None and found.confidence > 0.9
+
+
+def test_count_posterior_reads_the_top_merges() -> None:
+    """P(k): the top k-1 merges joined different people, the others the same person."""
+    sure_two = count_posterior(np.array([0.01, 0.01, 0.01, 0.99]))
+    assert sure_two.argmax() == 1 and sure_two[1] > 0.9 and len(sure_two) == 5
+    torn = count_posterior(np.array([0.01, 0.01, 0.5, 0.99]))
+    assert torn[1] == pytest.approx(torn[2]) and torn[1] + torn[2] > 0.95
+    assert count_posterior(np.array([0.01, 0.01, 0.5, 0.99]), at_least=3).argmax() == 2
+    capped = count_posterior(np.array([0.99, 0.99, 0.99, 0.99]), at_most=2)
+    assert len(capped) == 2 and capped.argmax() == 1
+    assert count_posterior(np.zeros(0)).tolist() == [1.0]
+
+
+def test_the_cut_undoes_the_top_merges_even_below_an_earlier_height() -> None:
+    """Centroid linkage can merge below an earlier merge's height; the posterior's cut into k
+    clusters undoes the last k-1 merges, whatever their heights."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    points = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, 0.9]])  # the last merge is lower than the first
+    tree = linkage(points, method="centroid")
+    assert tree[1, 2] < tree[0, 2]
+    assert len(set(fcluster(tree, 2, criterion="maxclust"))) == 1  # a cut by height gives one
+    labels = cut_top(tree, 3, 2)
+    assert set(labels) == {0, 1} and labels[0] == labels[1] != labels[2]
+    assert list(cut_top(tree, 3, 1)) == [0, 0, 0] and sorted(cut_top(tree, 3, 3)) == [0, 1, 2]
+
+
+def test_merge_features_saturate_with_evidence() -> None:
+    """A group's evidence stops growing at SATURATION windows: an hour of one voice must not
+    make a moderate distance look certain."""
+    from scipy.cluster.hierarchy import linkage
+
+    points, _ = _blobs(np.eye(2, 16) * 3, 200, 0.3)
+    unit = points / np.linalg.norm(points, axis=1, keepdims=True)
+    features = merge_features(unit, linkage(unit, method="centroid", metric="euclidean"))
+    assert features.shape == (399, 3) and features[:, 2].max() == pytest.approx(np.log(SATURATION))
+    assert MERGE_MODEL.p_different(features[-1:])[0] > 0.99  # the two voices
+    assert MERGE_MODEL.p_different(features[:-1]).max() < 0.5  # within each voice
 
 
 def test_two_local_speakers_of_one_window_never_share_a_cluster() -> None:
@@ -361,25 +417,81 @@ def test_evaluate_folder_scores_each_file_and_pools(tmp_path: Path) -> None:
     (tmp_path / "a.rttm").write_text(
         "SPEAKER a 1 0.000 2.000 <NA> <NA> x <NA> <NA>\nSPEAKER a 1 2.000 2.000 <NA> <NA> y <NA> <NA>\n"
     )
+    (tmp_path / "a.stm").write_text("a 1 y 2.0 4.0 ten meters.\na 1 x 0.0 2.0 Go forward\n")
     (tmp_path / "b.rttm").write_text("SPEAKER b 1 0.000 4.000 <NA> <NA> x <NA> <NA>\n")
     (tmp_path / "c.wav").write_bytes(b"no reference, so not scored")
 
     def transcribe(path: Path) -> Transcript:
-        return Transcript("go forward 10 metres", "en", [], "test", "test")
+        words = [Word(0.2, 0.6, " go"), Word(0.8, 1.4, " forward"), Word(2.2, 2.6, " 10"), Word(2.8, 3.5, " metres")]
+        return Transcript(
+            "go forward 10 metres", "en", [Segment(0.2, 3.5, "go forward 10 metres", words=words)], "t", "t"
+        )
 
     def diarize(path: Path) -> Diarization:
         half = [SpeakerTurn(0.0, 2.0, "S1"), SpeakerTurn(2.0, 4.0, "S2")]
-        return Diarization(turns=half, speakers=["S1", "S2"])
+        return Diarization(turns=half, speakers=["S1", "S2"], count_confidence=0.75)
 
-    report = evaluate_folder(tmp_path, transcribe=transcribe, diarize=diarize)
+    report = evaluate_folder(tmp_path, transcribe=transcribe, diarize=diarize, split={"b.wav": "validation"})
     a, b = report.files
     assert (a.name, a.wer, a.der, a.speakers_found, a.speakers_reference) == ("a.wav", 0.25, 0.0, 2, 2)
+    assert (a.cp_errors, a.cp_words, a.cpwer) == (1, 4, 0.25)  # "metres": the speakers are right
     assert (b.wer, b.der, b.speakers_found, b.speakers_reference) == (None, 0.5, 2, 1)
+    assert (a.part, b.part, a.count_confidence) == ("unassigned", "validation", 0.75)
     assert report.wer == 0.25 and report.der == pytest.approx(2.0 / 8.0)
+    assert report.parts["validation"].der == 0.5 and report.parts["unassigned"].der == 0.0
+    assert (report.parts["all"].counts_right, report.parts["all"].counts_scored) == (1, 2)
     assert report.peak_memory_mb > 0 and a.speed is not None
     table = render_markdown(report)
-    assert "| a.wav | 4.0 | 25.0% | 0.0% | 2/2 |" in table and "| **pooled** |" in table
+    assert "| b.wav | validation | 4.0 |  |  | 50.0% | 2/1 | 75% |" in table
+    assert "| a.wav | unassigned | 4.0 | 25.0% | 25.0% | 0.0% | 2/2 | 75% |" in table
+    assert "| **pooled** | **validation** | 4.0 |  |  | 50.0% | 0/1 right |" in table
+    assert "| **pooled** | **all** | 8.0 | 25.0% | 25.0% | 25.0% | 1/2 right |" in table
+    assert table.index("| b.wav |") < table.index("| a.wav |")  # by part: validation before unassigned
     assert isinstance(report, EvaluationReport) and report.to_dict()["files"][0]["speed"] > 0
+
+
+def test_speaker_attributed_errors_count_a_word_of_the_wrong_speaker_twice() -> None:
+    reference = [("x", "hello there"), ("y", "how are you")]
+    words = [Word(0.0, 0.5, " hello"), Word(0.5, 1.0, " there"), Word(1.0, 1.5, " how"), Word(1.5, 2.0, " are")]
+    words.append(Word(2.0, 2.5, " you"))
+    text = "hello there how are you"
+    transcript = Transcript(text, "en", [Segment(0.0, 2.5, text, words=words)], "t", "t")
+    right = Diarization([SpeakerTurn(0.0, 1.0, "A"), SpeakerTurn(1.0, 2.5, "B")], ["A", "B"])
+    late = Diarization([SpeakerTurn(0.0, 1.5, "A"), SpeakerTurn(1.5, 2.5, "B")], ["A", "B"])  # "how" goes to A
+    alone = Diarization([SpeakerTurn(0.0, 2.5, "A")], ["A"])
+    assert speaker_attributed_errors(reference, transcript, right) == (0, 5)
+    assert speaker_attributed_errors(reference, transcript, late) == (2, 5)
+    # one speaker for two: x's words are missed, and inserted in y's (which WER does not see)
+    assert speaker_attributed_errors(reference, transcript, alone) == (4, 5)
+    assert word_errors(text, transcript.text) == (0, 5)
+
+
+def test_split_file_names_each_recording_once(tmp_path: Path) -> None:
+    split = tmp_path / "split.toml"
+    split.write_text('tuning = ["a.wav", "b.wav"]\nvalidation = ["c.opus"]\n')
+    assert load_split(split) == {"a.wav": "tuning", "b.wav": "tuning", "c.opus": "validation"}
+    split.write_text('tuning = ["a.wav"]\nvalidation = ["a.wav"]\n')
+    with pytest.raises(ValueError, match="a.wav is in both"):
+        load_split(split)
+    split.write_text('tuning = ["a.wav"]\ntest = ["b.wav"]\n')
+    with pytest.raises(ValueError, match="unknown part"):
+        load_split(split)
+
+
+def test_the_repository_split_keeps_validation_apart(real_speech: Path) -> None:
+    """Every real recording with a speaker reference is in exactly one part, and no AMI meeting
+    speaker of the validation meetings appears in a tuning file (dev01 and tst01 excepted: later
+    excerpts of the dev00 and tst00 meetings, declared in the split's README)."""
+    parts = load_split(REPO / "tests" / "data" / "accuracy-split.toml")
+    recordings = [*real_speech.glob("*.rttm"), *MEETINGS.glob("*.rttm")]
+    assert {r.stem for r in recordings} <= {Path(name).stem for name in parts}
+    speakers = {part: set() for part in ("tuning", "validation")}  # type: ignore[var-annotated]
+    for rttm in recordings:
+        name = next(n for n in parts if Path(n).stem == rttm.stem)
+        if rttm.stem not in ("dev01", "tst01"):
+            speakers[parts[name]] |= {line.split()[7] for line in rttm.read_text().splitlines()}
+    assert not speakers["tuning"] & speakers["validation"]
+    assert sum(part == "validation" for part in parts.values()) >= 8
 
 
 # -- the local engine on speech (slow: loads the models) -----------------------------------------

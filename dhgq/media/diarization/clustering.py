@@ -1,16 +1,64 @@
 """Clustering of (window, local speaker) embeddings, as in pyannote's speaker-diarization pipeline:
-centroid-linkage agglomerative clustering on unit-length embeddings, small clusters folded into
-the nearest large one, then every local speaker of every window assigned to a cluster with the
+centroid-linkage agglomerative clustering on unit-length embeddings, cut where the count posterior
+(count.py) says, or into the hinted number of large clusters with small ones folded into the
+nearest large one; then every local speaker of every window assigned to a cluster with the
 constraint that two local speakers of one window never share a cluster."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
+from dhgq.media.diarization.count import MERGE_MODEL, MergeModel, count_posterior, cut_top, merge_features
+
 UNASSIGNED = -2
+
+
+@dataclass
+class Clusters:
+    """Cluster labels (0..k-1) of the embeddings, and how sure the count is."""
+
+    labels: np.ndarray
+    probabilities: dict[int, float] = field(default_factory=dict)  # P(count) for the counts weighed
+    confidence: float | None = None  # P(the count chosen); None when a hint fixed it or nothing was weighed
+
+
+def cluster_by_count(
+    embeddings: np.ndarray,
+    *,
+    min_cluster_size: int,
+    num_clusters: int | None = None,
+    min_clusters: int = 1,
+    max_clusters: int | None = None,
+    min_cluster_fraction: float = 0.1,
+    hint_threshold: float = 0.62,
+    model: MergeModel = MERGE_MODEL,
+) -> Clusters:
+    """Centroid-linkage clustering cut at the most probable count (count.py), within the hint.
+
+    An exact hint is the cut nearest ``hint_threshold`` with that many large clusters, small ones
+    folded in (a lone window does not take a speaker the caller asked for); without
+    one, the dendrogram is cut into the count the posterior prefers, small clusters kept: the
+    posterior already weighed whether a lone group of windows is someone else."""
+    count = len(embeddings)
+    if count < 2:
+        return Clusters(np.zeros(count, dtype=int))
+    unit = _unit(embeddings)
+    tree = linkage(unit, method="centroid", metric="euclidean")
+    if num_clusters is not None:
+        min_size = min(min_cluster_size, max(1, round(min_cluster_fraction * count)))
+        return Clusters(_fold_small(unit, _cut_for(tree, num_clusters, min_size, hint_threshold), min_size))
+    posterior = count_posterior(
+        model.p_different(merge_features(unit, tree)), at_least=min_clusters, at_most=max_clusters, points=count
+    )
+    chosen = int(posterior.argmax()) + 1
+    labels = cut_top(tree, count, chosen)
+    probabilities = {k + 1: float(p) for k, p in enumerate(posterior) if p >= 0.005}
+    return Clusters(labels, probabilities, float(posterior.max()))
 
 
 def _unit(embeddings: np.ndarray) -> np.ndarray:
@@ -34,32 +82,6 @@ def _fold_small(embeddings: np.ndarray, clusters: np.ndarray, min_size: int) -> 
 
 def _num_large(clusters: np.ndarray, min_size: int) -> int:
     return int(np.sum(np.unique(clusters, return_counts=True)[1] >= min_size))
-
-
-def cluster_embeddings(
-    embeddings: np.ndarray,
-    *,
-    threshold: float,
-    min_cluster_size: int,
-    num_clusters: int | None = None,
-    min_clusters: int = 1,
-    max_clusters: int | None = None,
-    min_cluster_fraction: float = 0.1,
-) -> np.ndarray:
-    """Cluster label (0..k-1) of each embedding; the count is found by the threshold unless bounded."""
-    count = len(embeddings)
-    if count < 2:
-        return np.zeros(count, dtype=int)
-    unit = _unit(embeddings)
-    min_size = min(min_cluster_size, max(1, round(min_cluster_fraction * count)))
-    tree = linkage(unit, method="centroid", metric="euclidean")
-    clusters = fcluster(tree, threshold, criterion="distance") - 1
-    found = _num_large(clusters, min_size)
-    upper = max_clusters or count
-    wanted = num_clusters or (min_clusters if found < min_clusters else upper if found > upper else None)
-    if wanted is not None and wanted != found:
-        clusters = _cut_for(tree, wanted, min_size, threshold)
-    return _fold_small(unit, clusters, min_size)
 
 
 def _cut_for(tree: np.ndarray, wanted: int, min_size: int, threshold: float) -> np.ndarray:
