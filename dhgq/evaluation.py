@@ -15,12 +15,12 @@ in a part, and every pooled figure is given per part: tuning figures alone prove
 
 from __future__ import annotations
 
-import re
 import resource
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -95,35 +95,20 @@ class EvaluationReport:
 
 # -- text --------------------------------------------------------------------------------------
 
-_ONES = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-    "fifteen sixteen seventeen eighteen nineteen"
-).split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-_SCALES = ((10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred"))
 
+@lru_cache(maxsize=1)
+def _english_normalizer() -> Callable[[str], str]:
+    """Whisper's own English normaliser (the whisper-normalizer package, a copy that needs no torch): what the
+    field scores WER after, so that "10 metres" and "ten meters", "Mr." and "mister", "um" and nothing match."""
+    from whisper_normalizer.english import EnglishTextNormalizer
 
-def number_words(n: int) -> str:
-    """English words for a non-negative integer (``1961`` -> ``one thousand nine hundred sixty one``)."""
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
-    for value, name in _SCALES:
-        if n >= value:
-            rest = n % value
-            return f"{number_words(n // value)} {name}" + (f" {number_words(rest)}" if rest else "")
-    raise AssertionError("unreachable")
+    return EnglishTextNormalizer()  # type: ignore[no-any-return]
 
 
 def normalise_text(text: str) -> str:
-    """Lower case, numbers spelled out, punctuation gone, single spaces."""
-    text = text.lower().replace("%", " percent")
-    text = re.sub(r"(?<=\d),(?=\d{3})", "", text)  # 1,000 -> 1000
-    text = re.sub(r"\d+", lambda m: f" {number_words(int(m.group()))} ", text)
-    text = re.sub(r"[^\w\s']|_", " ", text)
-    text = re.sub(r"(?<!\w)'|'(?!\w)", " ", text)  # quotes, not apostrophes inside words
-    return " ".join(text.split())
+    """Whisper's English normalisation: lower case, numbers as digits, spellings standardised, fillers and
+    punctuation gone, single spaces."""
+    return " ".join(_english_normalizer()(text).split())
 
 
 def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
@@ -282,14 +267,19 @@ def evaluate_directory(
     """``evaluate_folder`` with the transcription and diarization engines that ``settings`` name."""
     from dhgq.media.diarization.engines import load_diarizer
     from dhgq.media.transcription.engines import load_engine
+    from dhgq.media.transcription.models import choose_model
     from dhgq.settings import get_settings
 
     s = settings or get_settings()
-    whisper = load_engine(s.whisper_engine, s.whisper_model, s.whisper_compute_type, s.models_dir)
+    language = s.whisper_language or "en"  # every recording with a reference here is English
+    choice = choose_model(
+        None, s.whisper_model, language, english=s.whisper_english_model, multilingual=s.whisper_multilingual_model
+    )
+    whisper = load_engine(s.whisper_engine, choice.model, s.whisper_compute_type, s.models_dir)
     diarizer = load_diarizer(s.diarization_engine)
     return evaluate_folder(
         directory,
-        transcribe=lambda path: whisper.transcribe(path, language=s.whisper_language),
+        transcribe=lambda path: whisper.transcribe(path, language=language),
         diarize=lambda path: diarizer.diarize(path),
         split=split,
     )
