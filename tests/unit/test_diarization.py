@@ -421,9 +421,9 @@ def test_evaluate_folder_scores_each_file_and_pools(tmp_path: Path) -> None:
     (tmp_path / "c.wav").write_bytes(b"no reference, so not scored")
 
     def transcribe(path: Path) -> Transcript:
-        words = [Word(0.2, 0.6, " go"), Word(0.8, 1.4, " forward"), Word(2.2, 2.6, " 10"), Word(2.8, 3.5, " metres")]
+        words = [Word(0.2, 0.6, " go"), Word(0.8, 1.4, " forward"), Word(2.2, 2.6, " 10"), Word(2.8, 3.5, " matters")]
         return Transcript(
-            "go forward 10 metres", "en", [Segment(0.2, 3.5, "go forward 10 metres", words=words)], "t", "t"
+            "go forward 10 matters", "en", [Segment(0.2, 3.5, "go forward 10 matters", words=words)], "t", "t"
         )
 
     def diarize(path: Path) -> Diarization:
@@ -433,7 +433,7 @@ def test_evaluate_folder_scores_each_file_and_pools(tmp_path: Path) -> None:
     report = evaluate_folder(tmp_path, transcribe=transcribe, diarize=diarize, split={"b.wav": "validation"})
     a, b = report.files
     assert (a.name, a.wer, a.der, a.speakers_found, a.speakers_reference) == ("a.wav", 0.25, 0.0, 2, 2)
-    assert (a.cp_errors, a.cp_words, a.cpwer) == (1, 4, 0.25)  # "metres": the speakers are right
+    assert (a.cp_errors, a.cp_words, a.cpwer) == (1, 4, 0.25)  # "matters": the speakers are right
     assert (b.wer, b.der, b.speakers_found, b.speakers_reference) == (None, 0.5, 2, 1)
     assert (a.part, b.part, a.count_confidence) == ("unassigned", "validation", 0.75)
     assert report.wer == 0.25 and report.der == pytest.approx(2.0 / 8.0)
