@@ -86,7 +86,7 @@ class WorkerMetrics:
         )
         self.waits = Counter(
             "dhgq_stage_waits",
-            f"Stages held instead of run: for the API (rate limit), for disk space {own}",
+            f"Stages held instead of run: for the API (rate limit), for disk space, for the budget {own}",
             ["stage", "waiting_for"],
             registry=self.registry,
         )
@@ -194,12 +194,12 @@ def queue_families(depths: list[dict[str, Any]], pauses: list[dict[str, Any]]) -
 def waiting_family(rows: list[dict[str, Any]]) -> Metric:
     family = GaugeMetricFamily(
         "dhgq_stages_waiting",
-        "Stages held for the API or for disk space (the database)",
+        "Stages held for the API, for disk space or for the budget (the database)",
         labels=["stage", "waiting_for"],
     )
     found = {(row["stage"], row["waiting_for"]): row["stages"] for row in rows}
     for stage in STAGES:
-        for reason in ("api", "disk"):
+        for reason in ("api", "disk", "budget"):
             family.add_metric([stage, reason], float(found.get((stage, reason), 0)))
     return family
 

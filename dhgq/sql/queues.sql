@@ -50,11 +50,12 @@ SELECT c.queue_name, c.ready, c.scheduled, c.running,
  ORDER BY c.queue_name;
 
 -- name: stages_waiting
--- Stages held for the API or for disk space, per stage and reason.
-SELECT stage, waiting_for, count(*) AS stages
+-- Stages held for the API, for disk space or for the budget (status waiting_budget), per stage and reason.
+SELECT stage, CASE WHEN status = 'waiting_budget' THEN 'budget' ELSE waiting_for END AS waiting_for,
+       count(*) AS stages
   FROM audio_processing_stages
- WHERE status = 'queued' AND waiting_for IS NOT NULL
- GROUP BY stage, waiting_for;
+ WHERE status IN ('queued', 'waiting_budget') AND (status = 'waiting_budget' OR waiting_for IS NOT NULL)
+ GROUP BY 1, 2;
 
 -- name: ledger_today
 -- What paid calls cost since the start of the UTC day, by kind and provider (the budgets' day), through

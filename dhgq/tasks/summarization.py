@@ -193,6 +193,7 @@ def held_for_budget(resources: Resources, job: StageJob) -> bool:
         recheck_seconds=settings.budget_recheck_seconds,
     )
     if reason is not None:
+        resources.telemetry.waited(job, "budget")
         logger.info("waiting for budget: %s", reason, extra=job.log)
     return reason is not None
 

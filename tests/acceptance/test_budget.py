@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client import generate_latest
 from psycopg_pool import ConnectionPool
 from typer.testing import CliRunner
 
@@ -229,6 +230,44 @@ def test_a_waiting_stage_can_be_cancelled_and_caps_are_checked(conn: psycopg.Con
         conn.execute("UPDATE dhgq.config SET value = '\"lots\"' WHERE key = 'budget_batch_usd'")
     budget.set_cap(conn, budget.DAILY, None)
     assert budget.read_caps(conn) == budget.Caps(None, None)
+
+
+def test_budget_holds_are_counted_by_the_metrics(
+    conn: psycopg.Connection, pool: ConnectionPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage held for the budget counts as a wait (``waiting_for="budget"``) in the worker's own counter
+    and in the database gauge, as holds for the API and for disk space do."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from dhgq.metrics import WorkerMetrics
+    from dhgq.settings import Settings
+    from dhgq.stage import Resources, StageJob
+    from dhgq.tasks.audio import held_for_gpu_budget
+    from dhgq.telemetry import Telemetry
+
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-test")  # Modal configured: the model stage is a paid call
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-test")
+    settings = Settings(database_url=conn.info.dsn, home=tmp_path / "home", gpu_backend="modal")
+    metrics = WorkerMetrics(pool, queues=["transcription"], host="test", worker_id="w", version=None)
+    resources = Resources(settings, pool, telemetry=Telemetry(metrics=metrics))
+    budget.set_cap(conn, budget.DAILY, 0)
+    source_id = conn.execute(
+        "INSERT INTO sources_google (name, path, mime_type) VALUES ('t', '/t.mp3', 'audio/mpeg') RETURNING id"
+    ).fetchone()[0]
+    job_id = fetched(
+        conn, conn.execute("SELECT dhgq.enqueue_stage_v1(%s, 'transcription')", (source_id,)).fetchone()[0]
+    )
+    assert held_for_gpu_budget(resources, StageJob("transcription", str(source_id), job_id, 1))
+    scrape = generate_latest(metrics.registry).decode()
+    samples = {
+        (sample.name, sample.labels.get("stage"), sample.labels.get("waiting_for")): sample.value
+        for family in text_string_to_metric_families(scrape)
+        for sample in family.samples
+    }
+    assert samples[("dhgq_stage_waits_total", "transcription", "budget")] == 1
+    assert samples[("dhgq_stages_waiting", "transcription", "budget")] == 1
+    assert samples[("dhgq_stages_waiting", "summarization", "budget")] == 0
+    budget.set_cap(conn, budget.DAILY, None)
 
 
 def test_budget_command_line(dhgq: Any) -> None:
