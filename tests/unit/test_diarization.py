@@ -190,6 +190,21 @@ def test_clustering_finds_the_speaker_count_says_how_sure_and_honours_a_hint() -
     assert list(clustering.cluster_by_count(points[:1], min_cluster_size=5).labels) == [0]
 
 
+def test_an_exact_hint_keeps_a_sparse_voice_and_folds_a_lone_outlier() -> None:
+    """With the count given, a second voice heard in one clean window of a short recording is that
+    voice (not half of the first one), while a lone odd window among hundreds does not take a
+    speaker the caller asked for (issue 24)."""
+    centres = np.eye(3, 16) * 3
+    short, truth = _blobs(centres[:2], 22, 0.1)
+    short, truth = short[:23], truth[:23]  # 22 windows of one voice, one of the other
+    found = clustering.cluster_by_count(short, min_cluster_size=12, num_clusters=2).labels
+    assert len(set(found[truth == 0])) == 1 and found[truth == 1][0] != found[0]
+    long, truth = _blobs(centres[:2], 200, 0.1)
+    outlier = centres[2:3] + 0.1
+    labels = clustering.cluster_by_count(np.vstack([long, outlier]), min_cluster_size=12, num_clusters=2).labels
+    assert len(set(labels)) == 2 and all(len(set(labels[:-1][truth == k])) == 1 for k in range(2))
+
+
 def test_one_voice_is_one_speaker_with_confidence() -> None:
     points, _ = _blobs(np.eye(1, 16) * 3, 40, 0.1)
     found = clustering.cluster_by_count(points, min_cluster_size=5)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.cluster.hierarchy import linkage
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
@@ -34,16 +34,16 @@ def cluster_by_count(
     num_clusters: int | None = None,
     min_clusters: int = 1,
     max_clusters: int | None = None,
-    min_cluster_fraction: float = 0.1,
-    hint_threshold: float = 0.62,
+    min_cluster_fraction: float = 0.05,
     model: MergeModel = MERGE_MODEL,
 ) -> Clusters:
     """Centroid-linkage clustering cut at the most probable count (count.py), within the hint.
 
-    An exact hint is the cut nearest ``hint_threshold`` with that many large clusters, small ones
-    folded in (a lone window does not take a speaker the caller asked for); without
-    one, the dendrogram is cut into the count the posterior prefers, small clusters kept: the
-    posterior already weighed whether a lone group of windows is someone else."""
+    An exact hint undoes the dendrogram's top merges, as the posterior's cuts do, until that many
+    clusters are large, and folds the small ones into the nearest large one (a lone outlier window
+    of a long talk does not take a speaker the caller asked for); without one, the dendrogram is
+    cut into the count the posterior prefers, small clusters kept: the posterior already weighed
+    whether a lone group of windows is someone else."""
     count = len(embeddings)
     if count < 2:
         return Clusters(np.zeros(count, dtype=int))
@@ -51,7 +51,7 @@ def cluster_by_count(
     tree = linkage(unit, method="centroid", metric="euclidean")
     if num_clusters is not None:
         min_size = min(min_cluster_size, max(1, round(min_cluster_fraction * count)))
-        return Clusters(_fold_small(unit, _cut_for(tree, num_clusters, min_size, hint_threshold), min_size))
+        return Clusters(_cut_exact(unit, tree, num_clusters, min_size))
     posterior = count_posterior(
         model.p_different(merge_features(unit, tree)), at_least=min_clusters, at_most=max_clusters, points=count
     )
@@ -84,18 +84,21 @@ def _num_large(clusters: np.ndarray, min_size: int) -> int:
     return int(np.sum(np.unique(clusters, return_counts=True)[1] >= min_size))
 
 
-def _cut_for(tree: np.ndarray, wanted: int, min_size: int, threshold: float) -> np.ndarray:
-    """The dendrogram cut closest to ``threshold`` that gives ``wanted`` large clusters (or nearest)."""
-    by_count = fcluster(tree, wanted, criterion="maxclust") - 1
-    best, best_gap = by_count, len(tree) + 1
-    for height in sorted(np.unique(tree[:, 2]), key=lambda h: abs(h - threshold)):
-        clusters = fcluster(tree, height, criterion="distance") - 1
-        gap = abs(_num_large(clusters, min_size) - wanted)
-        if gap < best_gap:
-            best, best_gap = clusters, gap
-        if gap == 0:
-            return best
-    return by_count  # no cut gives that many large clusters: cut by count instead
+def _cut_exact(unit: np.ndarray, tree: np.ndarray, wanted: int, min_size: int) -> np.ndarray:
+    """``wanted`` large clusters: the top merges undone one at a time until that many clusters hold
+    ``min_size`` seeds, the small ones then folded in; the plain top cut when none does.
+
+    Why from the top and not pyannote's cut nearest a learned distance: on a short recording a
+    quiet second voice may own one or two clean windows, and a cut chosen by height folds them
+    into the loudest voice, which it then splits in two to make up the count (issue 24: with the
+    true count as the hint, pooled DER on the tuning recordings 34.3% that way, 29.4% this way;
+    on the validation recordings 48.5% and 45.0%)."""
+    count = len(unit)
+    for clusters in range(wanted, count + 1):
+        labels = cut_top(tree, count, clusters)
+        if _num_large(labels, min_size) >= wanted:
+            return _fold_small(unit, labels, min_size)
+    return cut_top(tree, count, wanted)
 
 
 def centroids_of(embeddings: np.ndarray, clusters: np.ndarray) -> np.ndarray:

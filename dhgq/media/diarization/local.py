@@ -59,9 +59,8 @@ class LocalDiarizerConfig:
     (tests/data/accuracy-split.toml, the voice matrix's tuning cases), never on the validation part."""
 
     window_step: float = 1.0  # seconds between segmentation windows (pyannote: 10% of 10 s)
-    threshold: float = 0.62  # with an exact hint: the cut into that many clusters nearest this distance
     min_cluster_size: int = 12
-    min_cluster_fraction: float = 0.1  # ...or this share of the seeds, whichever is smaller
+    min_cluster_fraction: float = 0.05  # ...or this share of the seeds, whichever is smaller
     min_clean_ratio: float = 0.1  # share of a window a speaker must talk alone to seed clustering
     soft_scores: bool = True  # average speaker probabilities, not 0/1 decisions, over windows
     count_bias: float = 0.0  # >0 leans towards counting one more simultaneous speaker
@@ -189,7 +188,6 @@ class LocalDiarizer:
             min_clusters=speakers.at_least or 1,
             max_clusters=speakers.at_most,
             min_cluster_fraction=cfg.min_cluster_fraction,
-            hint_threshold=cfg.threshold,
         )
         centroids = clustering.centroids_of(sample, clusters.labels)
         clustered = len(centroids)
