@@ -34,7 +34,12 @@ BEGIN, END = "<!-- der breakdown: begin -->", "<!-- der breakdown: end -->"
 GRID = 0.01  # seconds per frame of the missed-speech split
 PARTS = ("tuning", "validation")
 
+# Not knobs but what-ifs, from the references: the true number of speakers as the caller's hint,
+# and the reference's number of people talking in every frame in place of the segmentation's (what a
+# perfect segmentation would leave to the clustering: a floor for any count post-processing).
 HINTED = "the true count as a hint (--speakers N)"
+PERFECT_COUNT = "the reference's count of people talking in every frame"
+PERFECT_BOTH = "both of the above"
 # Knob settings re-decided on the cached analyses: (label, LocalDiarizerConfig overrides).
 SWEEP: list[tuple[str, dict[str, Any]]] = [
     ("defaults", {}),
@@ -48,6 +53,8 @@ SWEEP: list[tuple[str, dict[str, Any]]] = [
     ("no split check", {"split_check": None}),
     ("no resegmentation", {"reseg_span": 0.0}),
     (HINTED, {}),
+    (PERFECT_COUNT, {}),
+    (PERFECT_BOTH, {}),
 ]
 
 
@@ -121,6 +128,20 @@ def breakdown(name: str, reference: Any, diarization: Any, duration: float) -> B
     )
 
 
+def reference_count(diarizer: Any, reference: Any) -> Any:
+    """A ``speaker_count`` for ``diarizer`` that reads the reference: how many people it has
+    talking at the centre of each segmentation frame."""
+
+    def count(scores: np.ndarray, total: int) -> np.ndarray:
+        times = diarizer.segmentation.grid.center(np.arange(total))
+        out = np.zeros(total, dtype=int)
+        for segment, _, _ in reference.itertracks(yield_label=True):
+            out[(times >= segment.start) & (times < segment.end)] += 1
+        return out
+
+    return count
+
+
 def render(per_file: list[tuple[str, Breakdown]], sweep: list[tuple[str, dict[str, Breakdown]]]) -> str:
     def row(label: str, part: str, b: Breakdown) -> str:
         return (
@@ -189,7 +210,12 @@ def main(argv: list[str] | None = None) -> None:
             diarizer.config = dataclasses.replace(defaults, **overrides)
             pooled = {part: Breakdown() for part in PARTS}
             for part, name, reference, analysis in analysed:
-                hint = SpeakerCount(exact=len(reference.labels())) if label == HINTED else ANY_SPEAKERS
+                hinted = label in (HINTED, PERFECT_BOTH)
+                hint = SpeakerCount(exact=len(reference.labels())) if hinted else ANY_SPEAKERS
+                if label in (PERFECT_COUNT, PERFECT_BOTH):
+                    diarizer.speaker_count = reference_count(diarizer, reference)  # type: ignore[method-assign]
+                else:
+                    vars(diarizer).pop("speaker_count", None)
                 b = breakdown(name, reference, diarizer.decide(analysis, speakers=hint), analysis.duration)
                 pooled[part].add(b)
                 if label == "defaults":

@@ -27,7 +27,10 @@ def watch(
     new_only: Annotated[
         bool, typer.Option("--new-only", help="Only files that arrive from now on, not those already there.")
     ] = False,
-    speakers: Annotated[int | None, typer.Option("--speakers", help="How many people speak in these talks.")] = None,
+    speakers: Annotated[
+        int | None,
+        typer.Option("--speakers", help="How many people speak in these talks (who talk for more than a few seconds)."),
+    ] = None,
     language: Annotated[str | None, typer.Option("--language", help="Their language, an ISO 639 code.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="The Whisper model for them.")] = None,
     json_output: JsonOption = False,

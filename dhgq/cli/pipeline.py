@@ -83,7 +83,11 @@ def process(
     wait: Annotated[bool, typer.Option("--wait", help="Follow the sources until their pipelines end.")] = False,
     timeout: Annotated[float | None, typer.Option(help="With --wait: give up after this many seconds.")] = None,
     speakers: Annotated[
-        int | None, typer.Option("--speakers", help="How many people speak (steers the diarization).")
+        int | None,
+        typer.Option(
+            "--speakers",
+            help="How many people speak (steers the diarization): count who talks for more than a few seconds.",
+        ),
     ] = None,
     language: Annotated[
         str | None, typer.Option("--language", help="Spoken language, an ISO 639 code such as en (default: detect).")

@@ -286,17 +286,14 @@ class LocalDiarizer:
         n_windows, n_frames, n_local = activity.shape
         step_frames = cfg.window_step / grid.step
         total = int(round((n_windows - 1) * step_frames)) + n_frames
-        count_sum, cover = np.zeros(total), np.zeros(total)
         score, score_cover = np.zeros((total, clusters)), np.zeros((total, clusters))
         for w in range(n_windows):
             part = slice(int(round(w * step_frames)), int(round(w * step_frames)) + n_frames)
-            count_sum[part] += scores[w].sum(axis=1)
-            cover[part] += 1
             for k in np.unique(hard[w]):
                 if k != clustering.UNASSIGNED:
                     score[part, k] += scores[w][:, hard[w] == k].max(axis=1)
                     score_cover[part, k] += 1
-        count = np.floor(count_sum / np.maximum(cover, 1) + 0.5 + cfg.count_bias).astype(int)
+        count = self.speaker_count(scores, total)
         average = score / np.maximum(score_cover, 1)
         ranked = np.argsort(-average, axis=1)
         binary = np.zeros_like(average)
@@ -305,6 +302,22 @@ class LocalDiarizer:
             binary[rows, ranked[rows, c - 1]] = 1.0
         last = int(np.ceil((duration - grid.start - grid.duration / 2) / grid.step)) + 1
         return binary[: max(0, min(total, last))]
+
+    def speaker_count(self, scores: np.ndarray, total: int) -> np.ndarray:
+        """How many people talk in each of ``total`` frames: the windows' (windows, frames, local
+        speakers) ``scores`` summed over local speakers, averaged where windows overlap, rounded.
+
+        A method of its own so that bench.der_breakdown can put the reference's count in its place
+        and measure what a perfect segmentation would leave to the clustering."""
+        cfg, grid = self.config, self.segmentation.grid
+        n_windows, n_frames, _ = scores.shape
+        step_frames = cfg.window_step / grid.step
+        count_sum, cover = np.zeros(total), np.zeros(total)
+        for w in range(n_windows):
+            part = slice(int(round(w * step_frames)), int(round(w * step_frames)) + n_frames)
+            count_sum[part] += scores[w].sum(axis=1)
+            cover[part] += 1
+        return np.floor(count_sum / np.maximum(cover, 1) + 0.5 + cfg.count_bias).astype(int)
 
     def _split(
         self,
