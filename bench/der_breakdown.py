@@ -36,9 +36,10 @@ PARTS = ("tuning", "validation")
 
 # Not knobs but what-ifs, from the references: the true number of speakers as the caller's hint,
 # and the reference's number of people talking in every frame in place of the segmentation's (what a
-# perfect segmentation would leave to the clustering: a floor for any count post-processing).
+# perfect segmentation would leave to the clustering, with the turns' padding and bridging, which
+# make up for an imperfect one, turned off).
 HINTED = "the true count as a hint (--speakers N)"
-PERFECT_COUNT = "the reference's count of people talking in every frame"
+PERFECT_COUNT = "the reference's count of people talking in every frame, turns as found"
 PERFECT_BOTH = "both of the above"
 # Knob settings re-decided on the cached analyses: (label, LocalDiarizerConfig overrides).
 SWEEP: list[tuple[str, dict[str, Any]]] = [
@@ -53,8 +54,8 @@ SWEEP: list[tuple[str, dict[str, Any]]] = [
     ("no split check", {"split_check": None}),
     ("no resegmentation", {"reseg_span": 0.0}),
     (HINTED, {}),
-    (PERFECT_COUNT, {}),
-    (PERFECT_BOTH, {}),
+    (PERFECT_COUNT, {"pad_offset": 0.0, "min_duration_off": 0.0, "min_duration_on": 0.0}),
+    (PERFECT_BOTH, {"pad_offset": 0.0, "min_duration_off": 0.0, "min_duration_on": 0.0}),
 ]
 
 
