@@ -210,8 +210,8 @@ def main(argv: list[str] | None = None) -> None:
         for label, overrides in SWEEP:
             diarizer.config = dataclasses.replace(defaults, **overrides)
             pooled = {part: Breakdown() for part in PARTS}
+            hinted = label in (HINTED, PERFECT_BOTH)
             for part, name, reference, analysis in analysed:
-                hinted = label in (HINTED, PERFECT_BOTH)
                 hint = SpeakerCount(exact=len(reference.labels())) if hinted else ANY_SPEAKERS
                 if label in (PERFECT_COUNT, PERFECT_BOTH):
                     diarizer.speaker_count = reference_count(diarizer, reference)  # type: ignore[method-assign]

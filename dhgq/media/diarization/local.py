@@ -283,12 +283,11 @@ class LocalDiarizer:
         cfg, grid = self.config, self.segmentation.grid
         activity = self.segmentation.hard(posteriors)
         scores = self.segmentation.soft(posteriors) if cfg.soft_scores else activity
-        n_windows, n_frames, n_local = activity.shape
-        step_frames = cfg.window_step / grid.step
-        total = int(round((n_windows - 1) * step_frames)) + n_frames
+        n_local = activity.shape[2]
+        spans = self._window_spans(activity.shape[0], activity.shape[1])
+        total = spans[-1].stop
         score, score_cover = np.zeros((total, clusters)), np.zeros((total, clusters))
-        for w in range(n_windows):
-            part = slice(int(round(w * step_frames)), int(round(w * step_frames)) + n_frames)
+        for w, part in enumerate(spans):
             for k in np.unique(hard[w]):
                 if k != clustering.UNASSIGNED:
                     score[part, k] += scores[w][:, hard[w] == k].max(axis=1)
@@ -309,15 +308,17 @@ class LocalDiarizer:
 
         A method of its own so that bench.der_breakdown can put the reference's count in its place
         and measure what a perfect segmentation would leave to the clustering."""
-        cfg, grid = self.config, self.segmentation.grid
-        n_windows, n_frames, _ = scores.shape
-        step_frames = cfg.window_step / grid.step
         count_sum, cover = np.zeros(total), np.zeros(total)
-        for w in range(n_windows):
-            part = slice(int(round(w * step_frames)), int(round(w * step_frames)) + n_frames)
+        for w, part in enumerate(self._window_spans(scores.shape[0], scores.shape[1])):
             count_sum[part] += scores[w].sum(axis=1)
             cover[part] += 1
-        return np.floor(count_sum / np.maximum(cover, 1) + 0.5 + cfg.count_bias).astype(int)
+        return np.floor(count_sum / np.maximum(cover, 1) + 0.5 + self.config.count_bias).astype(int)
+
+    def _window_spans(self, n_windows: int, n_frames: int) -> list[slice]:
+        """Where each window's frames lie on the recording's frame grid (windows overlap)."""
+        step_frames = self.config.window_step / self.segmentation.grid.step
+        starts = [int(round(w * step_frames)) for w in range(n_windows)]
+        return [slice(start, start + n_frames) for start in starts]
 
     def _split(
         self,
